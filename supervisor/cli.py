@@ -1,0 +1,131 @@
+"""The ``taskd`` command line (click). Each command is a thin shell over the core."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+
+import click
+
+from supervisor import __version__
+from supervisor.jobdir import snapshot
+from supervisor.jobspec import JobFileError, JobSpec, ScheduleError, read_job_file, schedule_trigger
+from supervisor.triggers import Trigger, local_wall_to_utc
+from supervisor.zones import UTC, UnknownZoneError, host_zone_name, zone_named
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taskd")
+def main() -> None:
+    """taskd: a job-scheduler daemon (cron and one-time jobs from a watched directory)."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--timezone", "zone", default=None,
+              help="Zone for jobs that name none (default: the host's zone).")
+def validate(paths: tuple[str, ...], zone: str | None) -> None:
+    """Check job files or directories without a daemon; exit 1 if any is invalid.
+
+    Example: taskd validate conf/jobs.d
+    """
+    default_zone = _zone_or_exit(zone)
+    problems = 0
+    for path in paths:
+        for line, ok in _validate_path(path, default_zone):
+            click.echo(line, err=not ok)
+            problems += not ok
+    sys.exit(1 if problems else 0)
+
+
+def _validate_path(path: str, default_zone: str):
+    """(message, ok) pairs for one argument: a job file or a directory of them."""
+    if os.path.isdir(path):
+        try:
+            files = sorted(snapshot(path))
+        except OSError as error:
+            yield f"{path}: cannot list directory: {error.strerror}", False
+            return
+        if not files:
+            yield f"{path}: no job files (*.json) found", True
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        yield f"{path}: no such file or directory", False
+        return
+    claimed: dict[str, str] = {}
+    for file in files:
+        try:
+            job = read_job_file(file, default_zone=default_zone)
+        except JobFileError as error:
+            yield str(error), False
+            continue
+        owner = claimed.setdefault(job.job_id, file)
+        if owner != file:
+            yield f'{file}: job_id "{job.job_id}" is already claimed by {owner}', False
+        else:
+            yield f"{file}: ok ({job.job_id})", True
+
+
+@main.command(name="next")
+@click.argument("schedule_or_file")
+@click.option("-n", "count", default=5, show_default=True, type=click.IntRange(1, 100000),
+              help="How many fire times to print.")
+@click.option("--timezone", "zone", default=None,
+              help="Zone to read the schedule in (default: the job's, else the host's).")
+@click.option("--after", "after", default=None, metavar="ISO_TIMESTAMP",
+              help="Print fire times after this instant instead of now.")
+def next_(schedule_or_file: str, count: int, zone: str | None, after: str | None) -> None:
+    """Print the next fire times of a schedule or a job file, one per line.
+
+    Examples: taskd next '30 2 * * *' --timezone Europe/Berlin -n 3;
+    taskd next conf/jobs.d/heartbeat.json
+    """
+    zone_name = _zone_or_exit(zone)
+    trigger, zone_name = _trigger_or_exit(schedule_or_file, zone_name)
+    local = zone_named(zone_name)
+    instant = _instant_or_exit(after, local) if after else datetime.now(UTC)
+    for _ in range(count):
+        instant = trigger.next_after(instant)
+        if instant is None:
+            break
+        click.echo(instant.astimezone(local).isoformat())
+
+
+def _trigger_or_exit(text: str, zone_name: str) -> tuple[Trigger, str]:
+    if text.endswith(".json") or os.path.isfile(text):
+        try:
+            job: JobSpec = read_job_file(text, default_zone=zone_name)
+        except JobFileError as error:
+            _fail(str(error))
+        return job.trigger, job.timezone
+    try:
+        return schedule_trigger(text, zone_name), zone_name
+    except ScheduleError as error:
+        _fail(str(error))
+
+
+def _instant_or_exit(text: str, zone) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--after {text!r}: not a valid ISO 8601 timestamp")
+    if moment.tzinfo is None:
+        return local_wall_to_utc(moment, zone)
+    return moment
+
+
+def _zone_or_exit(zone: str | None) -> str:
+    name = zone or host_zone_name()
+    try:
+        zone_named(name)
+    except UnknownZoneError as error:
+        _fail(f"--timezone: {error}")
+    return name
+
+
+def _fail(message: str) -> None:
+    click.echo(f"taskd: {message}", err=True)
+    sys.exit(1)
+

@@ -1,0 +1,246 @@
+"""JobSpec: one validated job, read from one JSON file.
+
+Everything that can be wrong with a job file is found here, when the file is read, never
+when the job runs. Every problem is a JobFileError whose message is one line naming the
+file, the key and the expectation, e.g.
+``jobs.d/x.json: schedule "61 * * * *": minute 61 is out of range 0-59``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from supervisor.cron_expr import CronSyntaxError
+from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
+from supervisor.zones import UnknownZoneError, zone_named
+from workers.task_type import TaskParamsError, UnknownTaskType, task_type_named
+
+MAX_FILE_BYTES = 1024 * 1024
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+KNOWN_KEYS = ("job_id", "description", "schedule", "timezone", "task", "timeout_s",
+              "overlap", "enabled")
+OVERLAP_POLICIES = ("allow", "skip")
+_TIMESTAMP_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class JobFileError(ValueError):
+    """A job file that cannot be used. ``str()`` is the one-line message."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=True, slots=True)
+class JobSpec:
+    job_id: str
+    file: str
+    schedule: str  # as written in the file
+    timezone: str  # the zone the schedule is read in (the daemon's default if not given)
+    trigger: Trigger
+    task_type: str
+    task_params: Mapping[str, Any]
+    timeout_s: float | None = None
+    overlap: str = "allow"
+    enabled: bool = True
+    description: str | None = None
+
+    @property
+    def one_time(self) -> bool:
+        return isinstance(self.trigger, OneTimeTrigger)
+
+
+def read_job_file(path: str, *, default_zone: str) -> JobSpec:
+    """Read, decode and validate one job file; JobFileError for anything unusable."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise JobFileError(path, f"larger than 1 MiB ({size} bytes)")
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise JobFileError(path, f"cannot read: {error.strerror or error}") from None
+    return parse_job(data, path, default_zone=default_zone)
+
+
+def parse_job(data: bytes, file: str, *, default_zone: str) -> JobSpec:
+    """Validate the bytes of a job file named ``file`` (the name is only for messages)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise JobFileError(file, f"larger than 1 MiB ({len(data)} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JobFileError(file, f"not UTF-8 text (invalid byte at offset {error.start})") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        raise JobFileError(file, f"not valid JSON: {error.msg} (line {error.lineno}, "
+                                 f"column {error.colno})") from None
+    except ValueError as error:
+        raise JobFileError(file, f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise JobFileError(file, "not valid JSON: nested too deeply") from None
+    return job_from_document(document, file, default_zone=default_zone)
+
+
+def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec:
+    if not isinstance(document, dict):
+        raise JobFileError(file, f"expected a JSON object at the top level, got "
+                                 f"{_json_type(document)}")
+    for key in document:
+        if key not in KNOWN_KEYS and not key.startswith("_"):
+            raise JobFileError(file, _unknown_key_message(key, KNOWN_KEYS))
+    for key in ("job_id", "schedule", "task"):
+        if key not in document:
+            raise JobFileError(file, f"{key}: required key is missing")
+
+    job_id = document["job_id"]
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise JobFileError(file, f"job_id {_show(job_id)}: must be 1-128 characters from "
+                                 f"A-Z a-z 0-9 . _ -")
+    zone_name = document.get("timezone", default_zone)
+    if not isinstance(zone_name, str):
+        raise JobFileError(file, f"timezone {_show(zone_name)}: must be a string")
+    try:
+        zone_named(zone_name)
+    except UnknownZoneError as error:
+        raise JobFileError(file, f"timezone {_show(zone_name)}: {error}") from None
+    schedule = document["schedule"]
+    if not isinstance(schedule, str):
+        raise JobFileError(file, f"schedule {_show(schedule)}: must be a string (a cron "
+                                 f"expression or an ISO 8601 timestamp)")
+    try:
+        trigger = schedule_trigger(schedule, zone_name)
+    except ScheduleError as error:
+        raise JobFileError(file, str(error)) from None
+    task_type, task_params = _task(document["task"], file)
+    description = document.get("description")
+    if description is not None and not isinstance(description, str):
+        raise JobFileError(file, f"description: must be a string, got {_show(description)}")
+
+    return JobSpec(
+        job_id=sys.intern(job_id),
+        file=file,
+        schedule=sys.intern(schedule),
+        timezone=sys.intern(zone_name),
+        trigger=trigger,
+        task_type=task_type,
+        task_params=task_params,
+        timeout_s=_timeout(document.get("timeout_s"), file),
+        overlap=_choice(document, "overlap", OVERLAP_POLICIES, "allow", file),
+        enabled=_flag(document, "enabled", True, file),
+        description=description,
+    )
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be used; the message starts with ``schedule "..."``."""
+
+
+def schedule_trigger(schedule: str, zone_name: str) -> Trigger:
+    """The trigger for a schedule string read in ``zone_name`` (cron or ISO 8601)."""
+    text = schedule.strip()
+    if _TIMESTAMP_START.match(text):
+        return OneTimeTrigger(_timestamp(text, zone_name))
+    try:
+        return cron_trigger(text, zone_name)
+    except CronSyntaxError as error:
+        raise ScheduleError(f"schedule {_show(schedule)}: {error}") from None
+
+
+def _timestamp(text: str, zone_name: str) -> datetime:
+    if len(text) == 10:
+        raise ScheduleError(f"schedule {_show(text)}: a one-time schedule needs a time of day "
+                            f"(e.g. {text}T00:00:00Z)")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ScheduleError(f"schedule {_show(text)}: not a valid ISO 8601 timestamp "
+                            f"(expected e.g. 2025-10-26T15:00:00Z)") from None
+    if moment.tzinfo is None:
+        return local_wall_to_utc(moment, zone_named(zone_name))
+    return moment
+
+
+def _task(task: Any, file: str) -> tuple[str, Mapping[str, Any]]:
+    if not isinstance(task, dict) or "type" not in task:
+        raise JobFileError(file, 'task: must be an object with a "type" key')
+    type_name = task["type"]
+    if not isinstance(type_name, str):
+        raise JobFileError(file, f"task.type {_show(type_name)}: must be a string")
+    try:
+        task_class = task_type_named(type_name)
+    except UnknownTaskType as error:
+        raise JobFileError(file, f"task.type: {error}") from None
+    params = {key: value for key, value in task.items() if key != "type"}
+    try:
+        normalized = task_class.validate(params)
+    except TaskParamsError as error:
+        raise JobFileError(file, f"task.{error}") from None
+    return sys.intern(type_name), MappingProxyType(dict(normalized))
+
+
+def _timeout(value: Any, file: str) -> float | None:
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise JobFileError(file, f"timeout_s: must be a positive number of seconds, got "
+                                 f"{_show(value)}")
+    return float(value)
+
+
+def _choice(document: dict, key: str, allowed: tuple[str, ...], default: str, file: str) -> str:
+    value = document.get(key, default)
+    if value not in allowed or not isinstance(value, str):
+        options = " or ".join(f'"{option}"' for option in allowed)
+        raise JobFileError(file, f"{key}: must be {options}, got {_show(value)}")
+    return value
+
+
+def _flag(document: dict, key: str, default: bool, file: str) -> bool:
+    value = document.get(key, default)
+    if not isinstance(value, bool):
+        raise JobFileError(file, f"{key}: must be true or false, got {_show(value)}")
+    return value
+
+
+def _unknown_key_message(key: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return f'unknown key "{key}"{hint}; keys starting with "_" are free for comments'
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f'duplicate key "{key}"')
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _show(value: Any) -> str:
+    """A value as it would appear in the JSON file, shortened for one-line messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."

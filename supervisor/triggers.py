@@ -1,0 +1,176 @@
+"""Triggers: pure functions from an instant to the next fire instant.
+
+A trigger never reads the clock: ``next_after(instant)`` is the first fire instant strictly
+after ``instant`` (an aware datetime), returned in UTC, or None when there is none left.
+
+DST follows cronie:
+- A job whose hour field starts with ``*`` keeps its real-time rhythm: it fires at every
+  instant whose local wall time matches, so an hourly job runs every 3600 s through both
+  changes (local times inside a spring-forward gap do not exist and so never match).
+- Any other job runs once per matching local wall time: a wall time skipped by
+  spring-forward fires at the first instant after the gap, a wall time repeated by
+  fall-back fires once, on its first pass. Several skipped wall times fire once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from supervisor.cron_calendar import WallCalendar
+from supervisor.cron_expr import CronExpr, parse_cron
+from supervisor.zones import UTC, zone_named
+
+_SECOND = timedelta(seconds=1)
+_TINY = timedelta(microseconds=1)
+
+
+class Trigger(ABC):
+    @abstractmethod
+    def next_after(self, instant: datetime) -> datetime | None:
+        """The first fire instant strictly after ``instant`` (aware), in UTC; None if none."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The schedule as the job file gave it, for status and errors."""
+
+
+class OneTimeTrigger(Trigger):
+    __slots__ = ("at",)
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at.astimezone(UTC)
+
+    def next_after(self, instant: datetime) -> datetime | None:
+        return self.at if self.at > instant else None
+
+    def describe(self) -> str:
+        return self.at.isoformat()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OneTimeTrigger) and other.at == self.at
+
+    def __hash__(self) -> int:
+        return hash(self.at)
+
+
+class CronTrigger(Trigger):
+    """A cron expression in one time zone. Shared between jobs with the same pair."""
+
+    __slots__ = ("_calendar", "_memo_after", "_memo_next", "expr", "zone")
+
+    def __init__(self, expr: CronExpr, zone: ZoneInfo) -> None:
+        self.expr = expr
+        self.zone = zone
+        self._calendar = WallCalendar(expr)
+        # Many jobs share one trigger and ask about the same instant (all of them at
+        # start-up, every second for a seconds schedule): remember the last answer.
+        self._memo_after: datetime | None = None
+        self._memo_next: datetime | None = None
+
+    def describe(self) -> str:
+        return self.expr.text
+
+    def next_after(self, instant: datetime) -> datetime | None:
+        if instant == self._memo_after:
+            return self._memo_next
+        if self.expr.hour_star:
+            result = self._next_real_time(instant)
+        else:
+            result = self._next_wall_time(instant)
+        self._memo_after, self._memo_next = instant, result
+        return result
+
+    # -- fixed-hour jobs: once per matching local wall time ---------------------------
+
+    def _next_wall_time(self, instant: datetime) -> datetime | None:
+        local = instant.astimezone(self.zone)
+        wall = local.replace(tzinfo=None)
+        first_pass = wall.replace(tzinfo=self.zone, fold=0)
+        if local.fold == 1 and first_pass.utcoffset() != local.utcoffset():
+            # In the second pass of a repeated hour: every repeated wall time up to the
+            # one matching ours has fired on its first pass already.
+            wall += first_pass.utcoffset() - local.utcoffset()
+        candidate = self._calendar.next_after(wall)
+        if candidate is None:
+            return None
+        return local_wall_to_utc(candidate, self.zone)
+
+    # -- "*"-hour jobs: every instant whose wall time matches --------------------------
+
+    def _next_real_time(self, instant: datetime) -> datetime | None:
+        instant_utc = instant.astimezone(UTC)
+        local = instant.astimezone(self.zone)
+        wall = local.replace(tzinfo=None)
+        candidates = []
+        first_pass = wall.replace(tzinfo=self.zone, fold=0)
+        second_pass = wall.replace(tzinfo=self.zone, fold=1)
+        shift = first_pass.utcoffset() - second_pass.utcoffset()
+        if shift > timedelta(0) and local.fold == 0:
+            # We are in the first pass of a repeated hour: wall times earlier than ours
+            # come round again in the second pass.
+            again = self._calendar.next_after(wall - shift)
+            if again is not None:
+                before, after = wall_offsets(again, self.zone)
+                if before > after:
+                    candidates.append((again - after).replace(tzinfo=UTC))
+        candidate = self._calendar.next_after(wall)
+        while candidate is not None:
+            before, after = wall_offsets(candidate, self.zone)
+            if before < after:  # inside a spring-forward gap: skip past it
+                end = gap_end(candidate, self.zone)
+                candidate = self._calendar.next_after(
+                    end.astimezone(self.zone).replace(tzinfo=None) - _TINY
+                )
+                continue
+            first = (candidate - before).replace(tzinfo=UTC)
+            second = (candidate - after).replace(tzinfo=UTC)
+            candidates.append(first if first > instant_utc else second)
+            break
+        return min(candidates) if candidates else None
+
+
+def wall_offsets(wall: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
+    """UTC offsets of a naive wall time read on its first and second pass.
+
+    Equal: exists once. First larger: repeated by fall-back. First smaller: skipped.
+    """
+    return (
+        wall.replace(tzinfo=zone, fold=0).utcoffset(),
+        wall.replace(tzinfo=zone, fold=1).utcoffset(),
+    )
+
+
+def gap_end(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The first instant after the spring-forward gap that ``wall`` falls in (UTC)."""
+    before, after = wall_offsets(wall, zone)
+    # The transition lies in (wall - after, wall - before]; bisect it to the second.
+    low = int((wall - after).replace(tzinfo=UTC).timestamp())
+    high = int((wall - before).replace(tzinfo=UTC).timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
+
+
+def local_wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+    """A naive local time as the instant cronie would run it (UTC).
+
+    Exists once: that instant. Repeated by fall-back: its first pass. Skipped by
+    spring-forward: the first instant after the gap.
+    """
+    before, after = wall_offsets(wall, zone)
+    if before >= after:
+        return (wall - before).replace(tzinfo=UTC)
+    return gap_end(wall, zone)
+
+
+@lru_cache(maxsize=4096)
+def cron_trigger(expression: str, zone_name: str) -> CronTrigger:
+    """The shared trigger for an expression in a zone (one per distinct pair)."""
+    return CronTrigger(parse_cron(expression), zone_named(zone_name))

@@ -1,0 +1,164 @@
+"""Job file parsing: a table for every rule and every error message."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from supervisor.jobspec import MAX_FILE_BYTES, JobFileError, parse_job, read_job_file
+from supervisor.triggers import CronTrigger, OneTimeTrigger
+from supervisor.zones import UTC
+
+FILE = "jobs.d/x.json"
+TASK = {"type": "execute_command", "command": "true"}
+
+
+def job(**overrides):
+    document = {"job_id": "x", "schedule": "*/5 * * * *", "task": TASK}
+    document.update(overrides)
+    return {k: v for k, v in document.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def parse(document, zone="UTC"):
+    data = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return parse_job(data, FILE, default_zone=zone)
+
+
+def test_minimal_job_has_contract_defaults():
+    spec = parse(job())
+    assert spec.job_id == "x" and spec.file == FILE
+    assert spec.overlap == "allow" and spec.enabled is True
+    assert spec.timeout_s is None and spec.description is None
+    assert spec.timezone == "UTC" and isinstance(spec.trigger, CronTrigger)
+    assert spec.task_type == "execute_command"
+    assert spec.task_params["command"] == "true"
+
+
+def test_every_key_is_read():
+    spec = parse(job(description="d", timezone="Europe/Berlin", timeout_s=2.5,
+                     overlap="skip", enabled=False, _note="comment"))
+    assert (spec.description, spec.timezone, spec.timeout_s, spec.overlap, spec.enabled) == (
+        "d", "Europe/Berlin", 2.5, "skip", False)
+
+
+def test_default_zone_comes_from_the_daemon():
+    assert parse(job(), zone="America/New_York").timezone == "America/New_York"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "zone", "expected"),
+    [
+        ("2025-10-26T15:00:00Z", "UTC", "2025-10-26T15:00:00+00:00"),
+        ("2025-10-26T15:00:00+02:00", "UTC", "2025-10-26T13:00:00+00:00"),
+        ("2025-10-26T15:00:00", "Europe/Berlin", "2025-10-26T14:00:00+00:00"),
+        # A naive instant repeated by fall-back is its first pass; one skipped by
+        # spring-forward is the first instant after the gap (cronie's rules).
+        ("2026-10-25T02:30:00", "Europe/Berlin", "2026-10-25T00:30:00+00:00"),
+        ("2026-03-29T02:30:00", "Europe/Berlin", "2026-03-29T01:00:00+00:00"),
+        ("2025-10-26 15:00:00.5Z", "UTC", "2025-10-26T15:00:00.500000+00:00"),
+    ],
+)
+def test_one_time_schedules(schedule, zone, expected):
+    spec = parse(job(schedule=schedule), zone=zone)
+    assert isinstance(spec.trigger, OneTimeTrigger) and spec.one_time
+    assert spec.trigger.at.isoformat() == expected
+
+
+def test_identical_cron_schedules_share_one_trigger():
+    first = parse(job(schedule="0 1 * * *"))
+    second = parse(job(job_id="y", schedule="0 1 * * *"))
+    other_zone = parse(job(schedule="0 1 * * *", timezone="Asia/Tokyo"))
+    assert first.trigger is second.trigger
+    assert first.trigger is not other_zone.trigger
+
+
+def test_unchanged_content_gives_an_equal_spec():
+    assert parse(job(timeout_s=3)) == parse(job(timeout_s=3))
+    assert parse(job(timeout_s=3)) != parse(job(timeout_s=4))
+
+
+ERRORS = [
+    (b"\xff\xfe{}", 'not UTF-8 text (invalid byte at offset 0)'),
+    (b'{"job_id": "x",', "not valid JSON: Expecting property name enclosed in double quotes"
+                        " (line 1, column 16)"),
+    (b"[1, 2]", "expected a JSON object at the top level, got array"),
+    (b'"text"', "expected a JSON object at the top level, got string"),
+    (b'{"job_id": "x", "job_id": "y"}', 'not valid JSON: duplicate key "job_id"'),
+    (b'{"timeout_s": NaN}', "not valid JSON: NaN is not a number JSON allows"),
+    (job(timout_s=3), 'unknown key "timout_s" (did you mean "timeout_s"?); keys starting '
+                      'with "_" are free for comments'),
+    (job(job_id=DROP), "job_id: required key is missing"),
+    (job(schedule=DROP), "schedule: required key is missing"),
+    (job(task=DROP), "task: required key is missing"),
+    (job(job_id="a b"), 'job_id "a b": must be 1-128 characters from A-Z a-z 0-9 . _ -'),
+    (job(job_id=""), 'job_id "": must be 1-128 characters from A-Z a-z 0-9 . _ -'),
+    (job(job_id="x" * 129), "job_id \"" + "x" * 56 + "...: must be 1-128 characters from "
+                            "A-Z a-z 0-9 . _ -"),
+    (job(job_id=7), "job_id 7: must be 1-128 characters from A-Z a-z 0-9 . _ -"),
+    (job(schedule="61 * * * *"), 'schedule "61 * * * *": minute 61 is out of range 0-59'),
+    (job(schedule="0 0 30 2 *"), 'schedule "0 0 30 2 *": can never fire: day-of-month 30 '
+                                 "does not occur in Feb"),
+    (job(schedule=5), "schedule 5: must be a string (a cron expression or an ISO 8601 "
+                      "timestamp)"),
+    (job(schedule="2025-13-40T00:00:00Z"), 'schedule "2025-13-40T00:00:00Z": not a valid '
+                                           "ISO 8601 timestamp (expected e.g. "
+                                           "2025-10-26T15:00:00Z)"),
+    (job(schedule="2025-10-26"), 'schedule "2025-10-26": a one-time schedule needs a time '
+                                 "of day (e.g. 2025-10-26T00:00:00Z)"),
+    (job(timezone="Mars/Base"), "timezone \"Mars/Base\": unknown time zone 'Mars/Base' "
+                                "(expected an IANA name such as 'Europe/Berlin' or 'UTC')"),
+    (job(timezone=1), "timezone 1: must be a string"),
+    (job(task="echo"), 'task: must be an object with a "type" key'),
+    (job(task={"command": "x"}), 'task: must be an object with a "type" key'),
+    (job(task={"type": 3}), "task.type 3: must be a string"),
+    (job(task={"type": "nope"}), "task.type: unknown task type 'nope' (known: "),
+    (job(task={"type": "execute_command"}), "task.command: required key is missing"),
+    (job(task={"type": "execute_command", "command": ""}),
+     'task.command: must be a non-empty string, got ""'),
+    (job(timeout_s=0), "timeout_s: must be a positive number of seconds, got 0"),
+    (job(timeout_s=-1), "timeout_s: must be a positive number of seconds, got -1"),
+    (job(timeout_s="5"), 'timeout_s: must be a positive number of seconds, got "5"'),
+    (job(timeout_s=True), "timeout_s: must be a positive number of seconds, got true"),
+    (job(overlap="never"), 'overlap: must be "allow" or "skip", got "never"'),
+    (job(overlap=None), 'overlap: must be "allow" or "skip", got null'),
+    (job(enabled="yes"), 'enabled: must be true or false, got "yes"'),
+    (job(description=["x"]), 'description: must be a string, got ["x"]'),
+]
+
+
+@pytest.mark.parametrize(("document", "reason"), ERRORS)
+def test_errors_name_the_file_and_the_problem_on_one_line(document, reason):
+    with pytest.raises(JobFileError) as caught:
+        parse(document)
+    message = str(caught.value)
+    assert message.startswith(f"{FILE}: {reason}")
+    assert "\n" not in message
+    assert caught.value.file == FILE
+
+
+def test_oversized_file_is_rejected_before_reading(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (MAX_FILE_BYTES + 1))
+    with pytest.raises(JobFileError, match=r"big.json: larger than 1 MiB \(1048577 bytes\)"):
+        read_job_file(str(big), default_zone="UTC")
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(JobFileError, match="missing.json: cannot read: No such file"):
+        read_job_file(str(tmp_path / "missing.json"), default_zone="UTC")
+    with pytest.raises(JobFileError, match="cannot read: Is a directory"):
+        read_job_file(str(tmp_path), default_zone="UTC")
+
+
+def test_read_job_file_round_trip(tmp_path):
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps(job(schedule="2030-01-01T00:00:00Z")))
+    spec = read_job_file(str(path), default_zone="UTC")
+    assert spec.file == str(path)
+    assert spec.trigger.next_after(datetime(2029, 1, 1, tzinfo=UTC)) == datetime(
+        2030, 1, 1, tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""taskd's worker side: the worker process loop and the pluggable task types."""
