@@ -1,0 +1,171 @@
+"""The job table and its timing wheel: which occurrence is due when, and the policies.
+
+Pure: nothing here reads a clock or touches a process. Every method takes ``now`` (an
+aware datetime), so the coordinator's loop and the tests drive time themselves.
+
+Policies:
+- A cron job's next occurrence is computed from ``now`` when it is added or its schedule
+  changes. When occurrences come due together (the wall clock jumped, the machine was
+  suspended, the loop stalled) a job runs at most once for the span: the latest one, if it
+  is at most ``misfire_grace_s`` late; the others are reported missed, never run in a storm.
+- A one-time job runs once. Past its instant when first loaded, it runs at once if at most
+  ``misfire_grace_s`` late, else it is reported missed. Reloading its file unchanged
+  never runs it again; a new timestamp schedules it anew.
+- ``overlap: "skip"``: an occurrence that comes due while a run of the same job is still
+  waiting or running is reported skipped.
+- ``enabled: false``: loaded, shown, never scheduled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from supervisor.jobspec import JobSpec
+from supervisor.timing_wheel import TimingWheel
+from supervisor.triggers import OneTimeTrigger
+
+# Counting missed occurrences one by one is bounded: past this, skip straight to now.
+MAX_MISSED_COUNTED = 100_000
+
+
+@dataclass(slots=True)
+class JobState:
+    spec: JobSpec
+    next_fire: datetime | None = None
+    in_flight: int = 0
+    last_started: str | None = None  # ISO timestamp of the last finished run's start
+    last_status: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """A due occurrence of a job, to be turned into an execution."""
+
+    spec: JobSpec
+    scheduled_for: datetime
+    manual: bool = False
+
+
+class Schedule:
+    def __init__(self, now: datetime, *, misfire_grace_s: float) -> None:
+        self.jobs: dict[str, JobState] = {}
+        self.wheel = TimingWheel(now.timestamp())
+        self.misfire_grace_s = misfire_grace_s
+        # One-time jobs that have fired or been missed, by job_id: their instant.
+        self._one_time_done: dict[str, datetime] = {}
+
+    # -- the job table ---------------------------------------------------------------
+
+    def upsert(self, spec: JobSpec, now: datetime) -> None:
+        """Add a job or replace its definition; reschedule only if its timing changed."""
+        state = self.jobs.get(spec.job_id)
+        if state is not None:
+            timing_same = (state.spec.trigger == spec.trigger
+                           and state.spec.enabled == spec.enabled)
+            state.spec = spec
+            if timing_same:
+                return  # e.g. the command or the file name changed: keep the next run
+        else:
+            state = self.jobs[spec.job_id] = JobState(spec)
+        self._schedule_first(state, now)
+
+    def remove(self, job_id: str) -> None:
+        """Forget a job. A run in progress finishes and is recorded all the same."""
+        self.jobs.pop(job_id, None)
+        self.wheel.cancel(job_id)
+
+    def _schedule_first(self, state: JobState, now: datetime) -> None:
+        spec = state.spec
+        if not spec.enabled:
+            self._set_next(state, None)
+        elif isinstance(spec.trigger, OneTimeTrigger):
+            at = spec.trigger.at
+            done = self._one_time_done.get(spec.job_id) == at
+            self._set_next(state, None if done else at)  # a past instant comes due at once
+        else:
+            self._set_next(state, spec.trigger.next_after(now))
+
+    def _set_next(self, state: JobState, when: datetime | None) -> None:
+        state.next_fire = when
+        if when is None:
+            self.wheel.cancel(state.spec.job_id)
+        else:
+            self.wheel.schedule(state.spec.job_id, when.timestamp())
+
+    # -- time ------------------------------------------------------------------------
+
+    def time_to_next(self, now: datetime) -> float | None:
+        """Seconds until the wheel needs attention (None: nothing scheduled)."""
+        return self.wheel.time_to_next(now.timestamp())
+
+    def due(self, now: datetime) -> tuple[list[Occurrence], list[dict[str, Any]]]:
+        """Occurrences to run now, in scheduled order, and diagnostics (missed, skipped)."""
+        occurrences: list[Occurrence] = []
+        events: list[dict[str, Any]] = []
+        for _, job_id, _ in self.wheel.advance(now.timestamp()):
+            state = self.jobs.get(job_id)
+            if state is None or state.next_fire is None:
+                continue
+            scheduled = self._take(state, now, events)
+            if scheduled is None:
+                continue
+            if state.spec.overlap == "skip" and state.in_flight > 0:
+                events.append(_event("skipped", state.spec, scheduled,
+                                     reason="previous run still in progress"))
+                continue
+            occurrences.append(Occurrence(state.spec, scheduled))
+        return occurrences, events
+
+    def _take(self, state: JobState, now: datetime, events: list[dict[str, Any]]
+              ) -> datetime | None:
+        """Consume a due job's occurrences up to ``now``: the one to run, if any."""
+        spec, first = state.spec, state.next_fire
+        assert first is not None
+        trigger = spec.trigger
+        latest, missed, following = first, 0, trigger.next_after(first)
+        while following is not None and following <= now and missed < MAX_MISSED_COUNTED:
+            latest, missed, following = following, missed + 1, trigger.next_after(following)
+        if following is not None and following <= now:  # counted enough: jump ahead
+            following = trigger.next_after(now)
+        if isinstance(trigger, OneTimeTrigger):
+            self._one_time_done[spec.job_id] = trigger.at
+        late_s = (now - latest).total_seconds()
+        run = late_s <= self.misfire_grace_s
+        if not run:
+            missed += 1
+        if missed:
+            events.append(_event("missed", spec, first, count=missed,
+                                 last=latest.isoformat(),
+                                 reason=f"more than {self.misfire_grace_s:g}s late"
+                                 if not run else "coalesced: ran the latest occurrence"))
+        self._set_next(state, following)
+        return latest if run else None
+
+    # -- runs ------------------------------------------------------------------------
+
+    def run_started(self, job_id: str) -> None:
+        state = self.jobs.get(job_id)
+        if state is not None:
+            state.in_flight += 1
+
+    def run_finished(self, record: dict[str, Any]) -> None:
+        state = self.jobs.get(record["job_id"])
+        if state is None:
+            return  # the job was removed while it ran
+        state.in_flight = max(0, state.in_flight - 1)
+        state.last_started = record["timestamp"]
+        state.last_status = record["status"]
+        state.last_error = record["error"]
+
+    def manual(self, job_id: str, now: datetime) -> Occurrence | None:
+        state = self.jobs.get(job_id)
+        return None if state is None else Occurrence(state.spec, now, manual=True)
+
+
+def _event(name: str, spec: JobSpec, scheduled: datetime, **fields: Any) -> dict[str, Any]:
+    level = "warning"
+    return {"event": name, "level": level, "job_id": spec.job_id, "file": spec.file,
+            "scheduled_for": scheduled.isoformat(), **fields}

@@ -1,0 +1,164 @@
+"""The job table's policies, driven by an explicit clock: no sleeping, no processes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supervisor.jobspec import parse_job
+from supervisor.schedule import Schedule
+
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+TASK = {"type": "execute_command", "command": "true"}
+
+
+def spec(job_id="j", schedule="* * * * * *", **fields):
+    document = {"job_id": job_id, "schedule": schedule, "task": TASK, **fields}
+    return parse_job(json.dumps(document).encode(), f"{job_id}.json", default_zone="UTC")
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def due_ids(schedule, now):
+    occurrences, events = schedule.due(now)
+    return [(o.spec.job_id, o.scheduled_for) for o in occurrences], events
+
+
+def test_cron_job_fires_at_each_occurrence_and_not_before():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="*/2 * * * * *"), T0)
+    assert due_ids(s, at(1.999)) == ([], [])
+    assert due_ids(s, at(2)) == ([("j", at(2))], [])
+    assert due_ids(s, at(3)) == ([], [])
+    assert due_ids(s, at(4.001)) == ([("j", at(4))], [])
+
+
+def test_time_to_next_sleeps_until_the_next_occurrence():
+    s = Schedule(T0, misfire_grace_s=60)
+    assert s.time_to_next(T0) is None
+    s.upsert(spec(schedule="0 * * * *"), T0)
+    assert 0 < s.time_to_next(T0) <= 3600
+
+
+def test_clock_jump_forward_runs_each_job_once_and_reports_the_rest_missed():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec("secondly", "* * * * * *"), T0)
+    s.upsert(spec("minutely", "* * * * *"), T0)
+    s.upsert(spec("hourly", "30 * * * *"), T0)
+    occurrences, events = due_ids(s, at(3600))  # the wall clock jumped an hour
+    assert sorted(occurrences) == [("minutely", at(3600)), ("secondly", at(3600))]
+    missed = {e["job_id"]: e for e in events if e["event"] == "missed"}
+    assert missed["secondly"]["count"] == 3599
+    assert missed["minutely"]["count"] == 59
+    # 12:30 was 30 minutes late: beyond the grace, so missed, not run.
+    assert ("hourly", at(1800)) not in occurrences
+    assert missed["hourly"]["count"] == 1
+    # No storm afterwards: the next occurrences are in the future again.
+    assert due_ids(s, at(3600)) == ([], [])
+    assert due_ids(s, at(3601))[0] == [("secondly", at(3601))]
+
+
+def test_clock_jump_backward_fires_no_occurrence_twice():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="0 * * * *"), T0)
+    assert due_ids(s, at(3600))[0] == [("j", at(3600))]
+    assert due_ids(s, at(1800))[0] == []  # the clock went back half an hour
+    assert due_ids(s, at(3600))[0] == []
+    assert due_ids(s, at(7200))[0] == [("j", at(7200))]
+
+
+def test_one_time_job_runs_once_and_a_reload_unchanged_does_not_rerun_it():
+    s = Schedule(T0, misfire_grace_s=60)
+    job = spec(schedule=at(10).isoformat())
+    s.upsert(job, T0)
+    assert due_ids(s, at(10))[0] == [("j", at(10))]
+    s.remove("j")
+    s.upsert(job, at(20))  # the file was touched, or renamed, or reloaded
+    assert due_ids(s, at(30)) == ([], [])
+    s.upsert(spec(schedule=at(40).isoformat()), at(30))  # a new timestamp: runs again
+    assert due_ids(s, at(40))[0] == [("j", at(40))]
+
+
+def test_past_one_time_job_runs_within_grace_else_is_missed():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec("late", at(-30).isoformat()), T0)
+    s.upsert(spec("too-late", at(-61).isoformat()), T0)
+    occurrences, events = due_ids(s, T0)
+    assert occurrences == [("late", at(-30))]
+    assert [(e["event"], e["job_id"], e["count"]) for e in events] == [
+        ("missed", "too-late", 1)]
+
+
+def test_overlap_skip_reports_skipped_while_a_run_is_in_flight():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(overlap="skip"), T0)
+    s.upsert(spec("allow"), T0)
+    occurrences, _ = s.due(at(1))
+    for occurrence in occurrences:
+        s.run_started(occurrence.spec.job_id)
+    occurrences, events = due_ids(s, at(2))
+    assert occurrences == [("allow", at(2))]
+    assert [(e["event"], e["job_id"]) for e in events] == [("skipped", "j")]
+    s.run_finished({"job_id": "j", "timestamp": at(1).isoformat(), "status": "SUCCESS",
+                    "error": None})
+    assert sorted(o for o, _ in due_ids(s, at(3))[0]) == ["allow", "j"]
+
+
+def test_disabled_job_is_loaded_but_never_due():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(enabled=False), T0)
+    assert "j" in s.jobs and s.jobs["j"].next_fire is None
+    assert due_ids(s, at(10)) == ([], [])
+    s.upsert(spec(enabled=True), at(10))
+    assert due_ids(s, at(11))[0] == [("j", at(11))]
+
+
+def test_modified_schedule_is_recomputed_from_the_new_content():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="0 0 * * *"), T0)
+    s.upsert(spec(schedule="*/5 * * * * *"), at(1))
+    assert s.jobs["j"].next_fire == at(5)
+
+
+def test_changing_only_the_command_keeps_the_next_run():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="*/10 * * * * *"), T0)
+    changed = parse_job(json.dumps({"job_id": "j", "schedule": "*/10 * * * * *",
+                                    "task": {"type": "execute_command", "command": "x"}}
+                                   ).encode(), "renamed.json", default_zone="UTC")
+    s.upsert(changed, at(3))
+    assert s.jobs["j"].next_fire == at(10)
+    assert s.jobs["j"].spec.file == "renamed.json"
+
+
+def test_removed_job_never_fires_and_its_late_result_is_ignored():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(), T0)
+    s.remove("j")
+    assert due_ids(s, at(5)) == ([], [])
+    s.run_finished({"job_id": "j", "timestamp": T0.isoformat(), "status": "SUCCESS",
+                    "error": None})
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.floats(min_value=0.001, max_value=90), min_size=1, max_size=40),
+       period=st.sampled_from([1, 2, 5, 15, 30]))
+def test_every_occurrence_is_run_or_reported_exactly_once(steps, period):
+    """Whatever the loop's timing, each occurrence up to now is accounted for once."""
+    s = Schedule(T0, misfire_grace_s=10)
+    s.upsert(spec(schedule=f"*/{period} * * * * *"), T0)
+    now = T0
+    accounted = 0
+    for step in steps:
+        now += timedelta(seconds=step)
+        occurrences, events = s.due(now)
+        accounted += len(occurrences) + sum(e["count"] for e in events if e["event"] == "missed")
+        assert all(o.scheduled_for <= now for o in occurrences)
+        assert all((now - o.scheduled_for).total_seconds() <= 10 for o in occurrences)
+    elapsed = int((now - T0).total_seconds() // period)
+    assert accounted == elapsed

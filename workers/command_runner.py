@@ -1,0 +1,276 @@
+"""Run one shell command the way the contract says, and say how it ended.
+
+``/bin/sh -c COMMAND`` in a session (and so a process group) of its own, stdin from
+``/dev/null``, stdout and stderr combined into one pipe that is drained continuously into
+a tail buffer of ``OUTPUT_TAIL_BYTES``. A timeout or a stop request kills the whole group
+(TERM, then KILL after ``KILL_GRACE_S``), plus any descendant that left the group with
+``setsid`` but still carries this run's ``TASKD_RUN_ID``.
+
+Leftover processes: when the shell exits on its own, whatever it left running in the
+background is left alone, as cron does (``sleep 30 &`` in a job is not our business once
+the job has ended); we only stop waiting for the pipe after ``LINGER_S``. Only a timeout
+or a stop request kills the group.
+
+The shell is detected as exited with ``waitid(..., WNOWAIT)`` and reaped only at the very
+end, so its pid stays reserved as the group id while we may still ``killpg`` it: with
+``pid_max`` as small as 32768 a reaped group id can be reused by an unrelated process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+
+from workers.run_processes import RUN_ID_VARIABLE, find_processes_with_env, signal_processes
+from workers.task_type import OUTPUT_TAIL_BYTES, TaskOutcome
+
+#: Between SIGTERM and SIGKILL to the group on a timeout.
+KILL_GRACE_S = 2.0
+#: The same on a stop request: the daemon's own --grace-period has already been waited
+#: for, and everything must be gone within about a second of it.
+STOP_KILL_GRACE_S = 0.5
+#: How long to keep reading after the shell exited while something still holds the pipe.
+LINGER_S = 1.0
+#: Upper bound between two checks of the timeout and of ``stop_requested``.
+POLL_INTERVAL_S = 0.1
+_READ_CHUNK = 65536
+
+
+def run_command(
+    command: str,
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    timeout_s: float | None,
+    extra_env: Mapping[str, str],
+    stop_requested: Callable[[], bool],
+) -> TaskOutcome:
+    """Run ``command`` to completion; task-caused problems come back as a FAILURE."""
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **env, **extra_env},
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
+        return TaskOutcome(success=False, error=f"failed to start: {_spawn_error(exc, cwd)}")
+    watch = _Watch(proc, extra_env.get(RUN_ID_VARIABLE, ""), timeout_s, stop_requested)
+    return watch.run()
+
+
+class _Watch:
+    """Drains one started shell's output until it ends, enforcing timeout and stop."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        run_id: str,
+        timeout_s: float | None,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        self.proc = proc
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.stop_requested = stop_requested
+        self.started = time.monotonic()
+        self.tail = TailBuffer(OUTPUT_TAIL_BYTES)
+        self.eof = False
+        self.exited_at: float | None = None  # when the shell was seen exited
+        self.kill_reason: str | None = None  # set once we decided to kill the group
+        self.term_sent_at = 0.0
+        self.kill_grace = KILL_GRACE_S
+        self.kill_sent_at: float | None = None
+        self.pidfd: int | None = None
+
+    def run(self) -> TaskOutcome:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        pidfd = self.pidfd = _open_pidfd(self.proc.pid)
+        if pidfd is not None:  # wakes the poll the moment the shell exits
+            poller.register(pidfd, select.POLLIN)
+        try:
+            while True:
+                now = time.monotonic()
+                self._check_exit(now)
+                self._enforce_limits(now)
+                if self._finished(now):
+                    break
+                for ready, _ in poller.poll(self._poll_ms()):
+                    if ready == fd and not self._read(fd):
+                        poller.unregister(fd)
+                    elif ready == pidfd:
+                        poller.unregister(pidfd)  # level-triggered: once is enough
+        except BaseException:  # e.g. KeyboardInterrupt: do not leave the task running
+            self._signal_all(signal.SIGKILL)
+            self.proc.wait()
+            raise
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            self.proc.stdout.close()  # a leftover holding the pipe gets SIGPIPE/EPIPE
+        return self._outcome(self.proc.wait())  # reaps: no zombie left behind
+
+    def _poll_ms(self) -> int:
+        # Without a pidfd, exit is only noticed by checking, so check often once the
+        # pipe is closed (that is when the shell is about to exit).
+        if self.pidfd is None and self.eof and self.exited_at is None:
+            return 10
+        return int(POLL_INTERVAL_S * 1000)
+
+    def _read(self, fd: int) -> bool:
+        """Read what is there; False at end of file."""
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            self.eof = True
+            return False
+        self.tail.add(chunk)
+        return True
+
+    def _check_exit(self, now: float) -> None:
+        if self.exited_at is None and _has_exited(self.proc.pid):
+            self.exited_at = now
+
+    def _enforce_limits(self, now: float) -> None:
+        if self.kill_reason is None:
+            if self.exited_at is not None:
+                return  # the run ended on its own; a late limit does not apply
+            if self.stop_requested():
+                self.kill_grace = STOP_KILL_GRACE_S
+                self._start_kill(now, "shutdown")
+            elif self.timeout_s is not None and now - self.started >= self.timeout_s:
+                self._start_kill(now, f"timeout after {format_seconds(self.timeout_s)}")
+        elif self.kill_sent_at is None:
+            all_done = self.exited_at is not None and self.eof
+            if all_done or now - self.term_sent_at >= self.kill_grace:
+                # Even when all looks done: a process that closed its stdout may live on.
+                self._signal_all(signal.SIGKILL)
+                self.kill_sent_at = now
+
+    def _start_kill(self, now: float, reason: str) -> None:
+        self.kill_reason = reason
+        self.term_sent_at = now
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # start_new_session: pgid == pid
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.run_id:
+            signal_processes(find_processes_with_env(RUN_ID_VARIABLE, self.run_id), sig)
+
+    def _finished(self, now: float) -> bool:
+        if self.exited_at is None:
+            return False
+        if self.kill_reason is not None and self.kill_sent_at is None:
+            return False  # the grace period decides; see _enforce_limits
+        if self.eof:
+            return True
+        linger_from = max(self.exited_at, self.kill_sent_at or 0.0)
+        return now - linger_from >= LINGER_S
+
+    def _outcome(self, returncode: int) -> TaskOutcome:
+        output = self.tail.text()
+        exit_code = returncode if returncode >= 0 else None
+        if self.kill_reason is not None:
+            return TaskOutcome(False, exit_code, self.kill_reason, output)
+        if returncode == 0:
+            return TaskOutcome(True, 0, None, output)
+        if returncode > 0:
+            return TaskOutcome(False, returncode, f"exit code {returncode}", output)
+        # Killed by a signal: there is no exit code; the signal is named instead.
+        return TaskOutcome(False, None, f"killed by signal {_signal_name(-returncode)}", output)
+
+
+class TailBuffer:
+    """Keeps the last ``limit`` bytes of everything added; memory stays bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.truncated = True
+
+    def text(self) -> str:
+        """The tail decoded as UTF-8; still at most ``limit`` bytes once re-encoded."""
+        data = bytes(self.data)
+        if self.truncated:
+            data = _drop_leading_continuation(data)
+        text = data.decode("utf-8", errors="replace")
+        encoded = text.encode("utf-8")
+        if len(encoded) > self.limit:  # each U+FFFD takes 3 bytes for the 1 it replaced
+            text = _drop_leading_continuation(encoded[-self.limit :]).decode("utf-8")
+        return text
+
+
+def _drop_leading_continuation(data: bytes) -> bytes:
+    """Skip the rest of a UTF-8 sequence that the cut went through (at most 3 bytes)."""
+    start = 0
+    while start < min(3, len(data)) and 0x80 <= data[start] <= 0xBF:
+        start += 1
+    return data[start:]
+
+
+def format_seconds(seconds: float) -> str:
+    """``5`` -> ``5s``, ``0.5`` -> ``0.5s`` (no trailing ``.0``)."""
+    value = float(seconds)
+    return f"{int(value)}s" if value.is_integer() else f"{value!r}s"
+
+
+def _has_exited(pid: int) -> bool:
+    # WNOWAIT leaves the zombie in place, keeping its pid (our group id) reserved.
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by someone else; Popen.wait copes with that
+        return True
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # kernel before 5.3, or not Linux
+        return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _spawn_error(exc: OSError | ValueError, cwd: str | None) -> str:
+    if isinstance(exc, ValueError):
+        return str(exc)
+    if cwd is not None and exc.filename == cwd:  # subprocess names cwd when chdir failed
+        if isinstance(exc, FileNotFoundError):
+            return f"cwd {cwd} does not exist"
+        if isinstance(exc, NotADirectoryError):
+            return f"cwd {cwd} is not a directory"
+        if isinstance(exc, PermissionError):
+            return f"cwd {cwd}: permission denied"
+    if exc.errno == errno.E2BIG:
+        return "argument list too long"  # the environment or the command is too large
+    reason = (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {reason}" if exc.filename else reason

@@ -1,0 +1,83 @@
+"""One execution of a job: the request a worker receives and the record it produces.
+
+Both sides of the hand-off use these shapes, so they live here, beside the worker. They
+travel as plain JSON-able dicts: nothing taskd-specific has to be unpickled on the
+other side, and a later queue (a database table) can carry them unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from workers.task_type import TaskOutcome
+
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A request to run one occurrence of a job once."""
+
+    run_id: str
+    job_id: str
+    scheduled_for: str  # ISO 8601 with offset
+    task_type: str
+    task_params: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    manual: bool = False  # asked for by `taskd run`, not by the schedule
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Execution:
+        return cls(**message)
+
+
+def execution_record(
+    execution: Execution,
+    *,
+    started: datetime,
+    finished: datetime,
+    outcome: TaskOutcome,
+    worker: int,
+) -> dict[str, Any]:
+    """The execution log line, keys in the contract's order. Times are aware UTC."""
+    record = {
+        "event": "execution",
+        "job_id": execution.job_id,
+        "run_id": execution.run_id,
+        "timestamp": started.isoformat(timespec="microseconds"),
+        "status": SUCCESS if outcome.success else FAILURE,
+        "scheduled_for": execution.scheduled_for,
+        "finished_at": finished.isoformat(timespec="microseconds"),
+        "duration_ms": round((finished - started).total_seconds() * 1000, 3),
+        "exit_code": outcome.exit_code,
+        "error": None if outcome.success else (outcome.error or "failed"),
+        "worker": worker,
+        "output_tail": outcome.output_tail,
+    }
+    if execution.manual:
+        record["manual"] = True
+    return record
+
+
+def failure_record(
+    execution: Execution, *, started: datetime, finished: datetime, worker: int, error: str
+) -> dict[str, Any]:
+    """The record of a run that ended without a task outcome (worker lost, shutdown)."""
+    return execution_record(
+        execution,
+        started=started,
+        finished=finished,
+        outcome=TaskOutcome(success=False, error=error),
+        worker=worker,
+    )
