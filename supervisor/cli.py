@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import datetime
+from typing import NoReturn
 
 import click
 
@@ -19,6 +20,56 @@ from supervisor.zones import UTC, UnknownZoneError, host_zone_name, zone_named
 @click.version_option(__version__, prog_name="taskd")
 def main() -> None:
     """taskd: a job-scheduler daemon (cron and one-time jobs from a watched directory)."""
+
+
+@main.command()
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 512),
+              help="Size of the worker pool.")
+@click.option("--jobs-dir", required=True, metavar="DIR", help="Directory of *.json job files.")
+@click.option("--log-file", default=None, metavar="PATH",
+              help="Append execution records here instead of stdout (reopened after "
+                   "logrotate moves it).")
+@click.option("--timezone", "zone", default=None,
+              help="Zone for jobs that name none (default: the host's zone).")
+@click.option("--misfire-grace", default=60.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0), help="How late a run may still start.")
+@click.option("--grace-period", default=30.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),
+              help="On SIGTERM, how long running executions get to finish.")
+def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
+          misfire_grace: float, grace_period: float) -> None:
+    """Run the daemon in the foreground (as systemd expects).
+
+    Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
+    """
+    from supervisor.coordinator import DaemonOptions
+    from supervisor.daemon import run_daemon
+
+    zone_name = _zone_or_exit(zone, code=2)
+    _check_jobs_dir(jobs_dir)
+    if log_file is not None:
+        _check_log_file(log_file)
+    options = DaemonOptions(jobs_dir=os.path.abspath(jobs_dir), workers=workers,
+                            log_file=log_file and os.path.abspath(log_file), timezone=zone_name,
+                            misfire_grace_s=misfire_grace, grace_period_s=grace_period)
+    sys.exit(run_daemon(options))
+
+
+def _check_jobs_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        _fail(f"--jobs-dir {path}: no such directory", code=2)
+    try:
+        os.listdir(path)
+    except OSError as error:
+        _fail(f"--jobs-dir {path}: cannot read: {error.strerror}", code=2)
+
+
+def _check_log_file(path: str) -> None:
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        _fail(f"--log-file {path}: cannot open for appending: {error.strerror}", code=2)
 
 
 @main.command()
@@ -116,16 +167,16 @@ def _instant_or_exit(text: str, zone) -> datetime:
     return moment
 
 
-def _zone_or_exit(zone: str | None) -> str:
+def _zone_or_exit(zone: str | None, *, code: int = 1) -> str:
     name = zone or host_zone_name()
     try:
         zone_named(name)
     except UnknownZoneError as error:
-        _fail(f"--timezone: {error}")
+        _fail(f"--timezone: {error}", code=code)
     return name
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, *, code: int = 1) -> NoReturn:
     click.echo(f"taskd: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 

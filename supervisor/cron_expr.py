@@ -57,6 +57,9 @@ MACROS = {
 # Quartz/Jenkins extensions that cronie does not know: named in the error so it is clear.
 _NON_STANDARD = re.compile(r"^(L|LW|\d+[LW]|\d+#\d+|\?|H(\(.*)?)$", re.IGNORECASE)
 
+# Any number with more digits than this is out of every field's range.
+_MAX_DIGITS = 9
+
 # Longest month length for each month (February: 29, leap years exist).
 _MAX_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
@@ -137,11 +140,13 @@ def _parse_item(item: str, field: _Field) -> range:
     base, slash, step_text = item.partition("/")
     step = 1
     if slash:
-        if not step_text.isdigit():
+        if not _is_decimal(step_text):
             raise CronSyntaxError(f"{field.name} step {step_text!r} is not a positive number")
-        step = int(step_text)
-        if step == 0:
+        digits = step_text.lstrip("0")
+        if not digits:
             raise CronSyntaxError(f"{field.name} step 0 is not allowed")
+        # A step wider than the field selects its start alone, however many digits it has.
+        step = int(digits) if len(digits) <= _MAX_DIGITS else field.high + 1
     if base == "*":
         start, end = field.low, field.high
     elif "-" in base:
@@ -156,10 +161,23 @@ def _parse_item(item: str, field: _Field) -> range:
     return range(start, end + 1, step)
 
 
+def _is_decimal(text: str) -> bool:
+    """Plain ASCII digits. ``str.isdigit`` alone also takes other scripts' digits and
+    superscripts (``int`` reads "٣" as 3 and raises ValueError on "²")."""
+    return text.isascii() and text.isdigit()
+
+
 def _value(text: str, field: _Field) -> int:
-    if text.isdigit():
-        number = int(text)
-    elif field.names and text.upper() in field.names:
+    if _is_decimal(text):
+        digits = text.lstrip("0") or "0"
+        # int() refuses numerals over 4300 digits (ValueError); these are out of range.
+        number = int(digits) if len(digits) <= _MAX_DIGITS else field.high + 1
+        if not field.low <= number <= field.high:
+            raise CronSyntaxError(
+                f"{field.name} {digits} is out of range {field.low}-{field.high}"
+            )
+        return number
+    elif field.names and text.isascii() and text.upper() in field.names:
         return field.names[text.upper()]
     else:
         if _NON_STANDARD.match(text):
@@ -168,11 +186,6 @@ def _value(text: str, field: _Field) -> int:
             )
         what = "a number or a name" if field.names else "a number"
         raise CronSyntaxError(f"{field.name} {text!r} is not {what}")
-    if not field.low <= number <= field.high:
-        raise CronSyntaxError(
-            f"{field.name} {number} is out of range {field.low}-{field.high}"
-        )
-    return number
 
 
 def _check_can_fire(expr: CronExpr) -> None:

@@ -73,6 +73,13 @@ class CronTrigger(Trigger):
     def describe(self) -> str:
         return self.expr.text
 
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, CronTrigger) and other.expr == self.expr
+                and other.zone.key == self.zone.key)
+
+    def __hash__(self) -> int:
+        return hash((self.expr.text, self.zone.key))
+
     def next_after(self, instant: datetime) -> datetime | None:
         if instant == self._memo_after:
             return self._memo_next
@@ -90,9 +97,12 @@ class CronTrigger(Trigger):
         wall = local.replace(tzinfo=None)
         first_pass = wall.replace(tzinfo=self.zone, fold=0)
         if local.fold == 1 and first_pass.utcoffset() != local.utcoffset():
-            # In the second pass of a repeated hour: every repeated wall time up to the
-            # one matching ours has fired on its first pass already.
-            wall += first_pass.utcoffset() - local.utcoffset()
+            # In the second pass of a repeated hour: every repeated wall time has fired on
+            # its first pass already, so resume from the end of the repeated range (the
+            # wall time the first pass ended at). Not from ``wall + shift``: that would
+            # skip the wall times between the end of the range and ``wall + shift``.
+            end = transition(wall, self.zone) + first_pass.utcoffset()
+            wall = end.replace(tzinfo=None) - _SECOND
         candidate = self._calendar.next_after(wall)
         if candidate is None:
             return None
@@ -110,8 +120,11 @@ class CronTrigger(Trigger):
         shift = first_pass.utcoffset() - second_pass.utcoffset()
         if shift > timedelta(0) and local.fold == 0:
             # We are in the first pass of a repeated hour: wall times earlier than ours
-            # come round again in the second pass.
-            again = self._calendar.next_after(wall - shift)
+            # come round again in the second pass. Search from the start of the repeated
+            # range, not from ``wall - shift``: a match between the two would hide the
+            # repeated ones (30-minute folds such as Lord Howe's, or a range at midnight).
+            start = transition(wall, self.zone) + second_pass.utcoffset()
+            again = self._calendar.next_after(start.replace(tzinfo=None) - _SECOND)
             if again is not None:
                 before, after = wall_offsets(again, self.zone)
                 if before > after:
@@ -145,10 +158,16 @@ def wall_offsets(wall: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
 
 def gap_end(wall: datetime, zone: ZoneInfo) -> datetime:
     """The first instant after the spring-forward gap that ``wall`` falls in (UTC)."""
+    return transition(wall, zone)
+
+
+def transition(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The instant (UTC) of the offset change that skips or repeats ``wall``."""
     before, after = wall_offsets(wall, zone)
-    # The transition lies in (wall - after, wall - before]; bisect it to the second.
-    low = int((wall - after).replace(tzinfo=UTC).timestamp())
-    high = int((wall - before).replace(tzinfo=UTC).timestamp())
+    # It lies between wall - after and wall - before (a gap: in (wall - after,
+    # wall - before]; a fold: in (wall - before, wall - after]); bisect it to the second.
+    ends = sorted([wall - after, wall - before])
+    low, high = (int(end.replace(tzinfo=UTC).timestamp()) for end in ends)
     while high - low > 1:
         middle = (low + high) // 2
         if datetime.fromtimestamp(middle, zone).utcoffset() == after:

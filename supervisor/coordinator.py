@@ -1,0 +1,277 @@
+"""The coordinator: one event loop that owns the job table, the wheel and the watcher.
+
+One loop step (``step``): wait — bounded by the wheel's next due time, the watcher's
+settle deadline and the safety-net rescan — on worker channels and sentinels, the
+logger, the watcher's wake-up pipe and the signal wake-up socket; then act: signals,
+finished runs, settled file changes, due occurrences, hand-out. Signal handlers only
+record the signal (``signal.set_wakeup_fd``); the loop decides what it means.
+
+Time: the monotonic clock for sleeping, the wall clock for fire times. The sleep is
+capped (``MAX_SLEEP_S``) so a wall-clock step (NTP, suspend/resume) is noticed within
+a second; the schedule then coalesces what came due (see ``schedule.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from multiprocessing.connection import wait as wait_for
+from typing import Any, Protocol
+
+from supervisor.diagnostics import Diagnostics
+from supervisor.handoff import ExecutionQueue
+from supervisor.jobdir import FileStamp, snapshot
+from supervisor.jobspec import read_job_file
+from supervisor.reconcile import Changes, Reconciler
+from supervisor.schedule import Occurrence, Schedule
+from supervisor.sd_notify import Notifier
+from workers.execution import Execution, new_run_id
+
+MAX_SLEEP_S = 1.0
+RESCAN_INTERVAL_S = 30.0
+# After the grace period: time for workers to stop their tasks (TERM, then KILL after
+# half a second) and report, before the coordinator kills what is left.
+SHUTDOWN_KILL_AFTER_S = 3.0
+LOGGER_FLUSH_S = 10.0
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    jobs_dir: str
+    workers: int = 8
+    log_file: str | None = None
+    timezone: str = "UTC"
+    misfire_grace_s: float = 60.0
+    grace_period_s: float = 30.0
+    rescan_interval_s: float = RESCAN_INTERVAL_S
+
+
+class Coordinator:
+    def __init__(self, options: DaemonOptions, *, queue: ExecutionQueue, logger: Any,
+                 watcher: Any, clock: Clock | None = None,
+                 diagnostics: Diagnostics | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.options = options
+        self.queue = queue
+        self.logger = logger
+        self.watcher = watcher
+        self.clock = clock or SystemClock()
+        self.diagnostics = diagnostics or Diagnostics()
+        self.notifier = notifier or Notifier()
+        self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
+        self.reconciler = Reconciler(partial(read_job_file, default_zone=options.timezone))
+        self.started_at = self.clock.now()
+        self.stopping = False
+        self.stop_now = False
+        self.rescan_requested = False
+        self._next_rescan = self.clock.monotonic() + options.rescan_interval_s
+        self._signal_reader: socket.socket | None = None
+        self.counters = {"executions": 0, "success": 0, "failure": 0}
+
+    # -- start-up --------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        for signum in _HANDLED_SIGNALS:
+            signal.signal(signum, _record_only)
+        self._signal_reader, self._signal_writer = reader, writer
+
+    def load(self) -> None:
+        """The first full scan of the jobs directory."""
+        self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+        jobs = len(self.schedule.jobs)
+        errors = len(self.reconciler.errors())
+        self.emit({"event": "ready", "level": "info", "pid": os.getpid(), "jobs": jobs,
+                   "invalid_files": errors, "workers": self.options.workers,
+                   "worker_pids": self.queue.worker_pids(), "logger_pid": self.logger.pid,
+                   "jobs_dir": self.options.jobs_dir})
+        self.notifier.notify("READY=1", f"STATUS={jobs} jobs, {errors} invalid files")
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while not self.stopping:
+            self.step()
+
+    def step(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_for) -> None:
+        wait(self._wait_objects(), self._sleep_s())
+        self._read_signals()
+        if self.stopping:
+            return  # shut_down() takes it from here; nothing new is started or respawned
+        self.logger.handle_readable()
+        self.logger.check()
+        self._collect(self.queue.service())
+        self._watch()
+        self._dispatch_due()
+        self._collect(self.queue.service())
+        self.logger.pump()
+
+    def _wait_objects(self) -> list[Any]:
+        objects = [*self.queue.wait_objects(), *self.logger.wait_objects()]
+        if not self.stopping:
+            objects.append(self.watcher)
+        if self._signal_reader is not None:
+            objects.append(self._signal_reader)
+        return objects
+
+    def _sleep_s(self) -> float:
+        mono = self.clock.monotonic()
+        limits = [MAX_SLEEP_S, self._next_rescan - mono]
+        to_next = self.schedule.time_to_next(self.clock.now())
+        if to_next is not None:
+            limits.append(to_next)
+        settle = self.watcher.next_deadline()
+        if settle is not None:
+            limits.append(settle - mono)
+        return max(0.0, min(limits))
+
+    def _read_signals(self) -> None:
+        if self._signal_reader is None:
+            return
+        try:
+            data = self._signal_reader.recv(256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGHUP:
+                self.rescan_requested = True
+                self.emit({"event": "reload_requested", "level": "info", "via": "SIGHUP"})
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop_now = self.stopping  # a second signal: no more grace
+                self.stopping = True
+                self.emit({"event": "stopping", "level": "info",
+                           "signal": signal.Signals(signum).name, "immediate": self.stop_now})
+
+    def _watch(self) -> None:
+        mono = self.clock.monotonic()
+        for event in self.watcher.drain_diagnostics():
+            self.emit(event)
+        full = self.rescan_requested or self.watcher.take_rescan_needed()
+        if mono >= self._next_rescan:
+            self._next_rescan = mono + self.options.rescan_interval_s
+            full = self.watcher.health_check() or True
+        if full:
+            self.rescan_requested = False
+            try:
+                self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+            except OSError as error:
+                self.emit({"event": "jobs_dir_unreadable", "level": "error",
+                           "file": self.options.jobs_dir, "error": str(error)})
+            return
+        paths = self.watcher.settled(mono)
+        if paths:
+            self._apply(self.reconciler.paths(paths, _stamp))
+
+    def _apply(self, changes: Changes) -> None:
+        now = self.clock.now()
+        for job_id in changes.removed:
+            self.schedule.remove(job_id)
+        for spec in changes.upserted:
+            self.schedule.upsert(spec, now)
+        for event in changes.events:
+            self.emit(event)
+
+    def _dispatch_due(self) -> None:
+        occurrences, events = self.schedule.due(self.clock.now())
+        for event in events:
+            self.emit(event)
+        for occurrence in occurrences:
+            self.submit(occurrence)
+
+    def submit(self, occurrence: Occurrence) -> Execution:
+        spec = occurrence.spec
+        execution = Execution(
+            run_id=new_run_id(),
+            job_id=spec.job_id,
+            scheduled_for=occurrence.scheduled_for.isoformat(),
+            task_type=spec.task_type,
+            task_params=dict(spec.task_params),
+            timeout_s=spec.timeout_s,
+            manual=occurrence.manual,
+        )
+        self.schedule.run_started(spec.job_id)
+        self.queue.put(execution)
+        return execution
+
+    def _collect(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.schedule.run_finished(record)
+            self.counters["executions"] += 1
+            self.counters["success" if record["status"] == "SUCCESS" else "failure"] += 1
+            self.logger.submit(record)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.diagnostics.emit(event)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def shut_down(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_for) -> None:
+        """Stop scheduling; give running executions the grace period, then stop them.
+
+        Every execution ends in a record: waiting ones and interrupted ones say
+        ``shutdown``. A second SIGTERM/SIGINT cuts the grace period short.
+        """
+        self.notifier.notify("STOPPING=1")
+        self.watcher.stop()
+        self._collect(self.queue.drop_pending("shutdown"))
+        self.queue.stop_idle()
+        grace_ends = self.clock.monotonic() + self.options.grace_period_s
+        kill_at: float | None = None
+        while self.queue.busy() or self.queue.alive():
+            mono = self.clock.monotonic()
+            if kill_at is None and (self.stop_now or mono >= grace_ends
+                                    or not self.queue.busy()):
+                # Busy workers stop their task's process group (TERM, then KILL) and
+                # report; idle ones have been asked to leave. Whatever is left by
+                # kill_at is killed.
+                self.queue.signal_busy(signal.SIGTERM)
+                kill_at = mono + SHUTDOWN_KILL_AFTER_S
+            if kill_at is not None and mono >= kill_at:
+                break
+            limit = (kill_at if kill_at is not None else grace_ends) - mono
+            wait(self._wait_objects(), max(0.0, min(limit, 0.2)))
+            self._read_signals()
+            self.logger.handle_readable()
+            self.logger.check()
+            self._collect(self.queue.stopping_service())
+            self.logger.pump()
+        self._collect(self.queue.kill_all("shutdown"))
+        flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
+        self.emit({"event": "stopped", "level": "info" if flushed else "error",
+                   "records_flushed": flushed, **self.counters})
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """The wake-up fd already carries the signal number to the loop; nothing else here."""
+
+
+def _stamp(path: str) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileStamp.of(st) if stat.S_ISREG(st.st_mode) else None

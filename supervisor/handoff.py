@@ -1,0 +1,56 @@
+"""The seam between scheduling and running: where due executions are handed over.
+
+The coordinator only ever talks to an ExecutionQueue: it puts executions in, in
+scheduled order, and gets finished execution records back. The local implementation
+is a fixed pool of worker processes (``pool.WorkerPool``); a clustered one can keep the
+queue in a database table shared by several hosts without the scheduler changing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from workers.execution import Execution
+
+
+class ExecutionQueue(Protocol):
+    def put(self, execution: Execution) -> None:
+        """Accept an execution; it runs when a worker is free. Never blocks."""
+
+    def depth(self) -> int:
+        """Executions waiting for a worker."""
+
+    def wait_objects(self) -> list[Any]:
+        """What the coordinator's loop waits on for this queue (fds, sentinels)."""
+
+    def service(self) -> list[dict[str, Any]]:
+        """Do pending I/O, hand waiting work to free workers, replace lost workers.
+
+        Returns the execution records that are complete, lost runs included.
+        """
+
+    def worker_pids(self) -> list[int | None]:
+        """Pids of the local worker processes (for diagnostics and status)."""
+
+    # -- shutdown, in this order --------------------------------------------------------
+
+    def drop_pending(self, error: str) -> list[dict[str, Any]]:
+        """Record every execution still waiting as FAILURE ``error``; none will run."""
+
+    def stop_idle(self) -> None:
+        """Let idle workers go; busy ones finish their run first."""
+
+    def busy(self) -> list[Any]:
+        """The runs still in progress."""
+
+    def signal_busy(self, sig: int) -> None:
+        """Ask busy workers to stop their runs now (they record ``shutdown``)."""
+
+    def stopping_service(self) -> list[dict[str, Any]]:
+        """Like ``service`` during shutdown: collect results, never start anything."""
+
+    def alive(self) -> int:
+        """Worker processes still running."""
+
+    def kill_all(self, error: str) -> list[dict[str, Any]]:
+        """Kill what is left; the runs they held are recorded FAILURE ``error``."""

@@ -1,0 +1,357 @@
+"""The logger process, which writes the execution log, and the coordinator's link to it.
+
+Execution records go from the coordinator to a process of their own, which writes each
+one as one JSON line to stdout or to ``--log-file``. A slow or stopped disk, a reader
+that stops reading our stdout, or a stalled NFS mount can block that process, but not
+the coordinator: ``LoggerLink`` never blocks, keeps every record until the logger
+acknowledges it, and sends a replacement logger everything unacknowledged, in order.
+
+Protocol on the pipe: coordinator -> logger ``{"seq": n, "record": {...}}`` or
+``{"stop": true}``; logger -> coordinator ``{"ack": n}``, meaning "every record up to n
+is written".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from types import FrameType
+from typing import Any, NoReturn
+
+from pythonjsonlogger.json import JsonFormatter
+
+from supervisor.channel import Channel, receive_message, send_message
+from workers.child_process import become_child_process
+
+_TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line
+# A logger that dies this many times within the window is restarted only after a pause.
+FLAP_DEATHS = 5
+FLAP_WINDOW_S = 10.0
+FLAP_PAUSE_S = 2.0
+
+
+class _LineStream:
+    """A text stream that hands each line to the kernel in one ``os.write``.
+
+    Nothing is ever buffered in the process, so a record is in the file (or the pipe)
+    before it is acknowledged, and a dying logger has nothing left to flush.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, text: str) -> None:
+        # A lone surrogate cannot be UTF-8; "\udcff" is also its JSON escape.
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fd > 2:
+            os.close(self._fd)
+
+
+class _LogFileHandler(logging.handlers.WatchedFileHandler):
+    """Appends to the log file; reopens the path when logrotate moves or deletes it."""
+
+    def _open(self) -> _LineStream:  # type: ignore[override]
+        _drop_torn_line(self.baseFilename)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return _LineStream(os.open(self.baseFilename, flags, 0o640))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # a record that was not written must not be acknowledged: let it fail
+
+
+class _StdoutHandler(logging.StreamHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # as above
+
+
+def _drop_torn_line(path: str) -> None:
+    """Cut off a partial last line left by a logger killed in the middle of a write.
+
+    That record was never acknowledged, so it is about to be written again in full.
+    A tail that does not look like ours is kept and only terminated.
+    """
+    try:
+        with open(path, "rb+") as log:
+            size = log.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            start = max(0, size - _TAIL_PROBE)
+            log.seek(start)
+            tail = log.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n") + 1
+            if (cut or start == 0) and tail[cut:].startswith(b'{"event"'):
+                log.truncate(start + cut)
+            else:
+                log.write(b"\n")
+    except OSError:
+        pass  # missing, or unreadable but perhaps writable: the open that follows decides
+
+
+def _execution_logger(log_file: str | None) -> logging.Logger:
+    # A logger of our own, outside the logging tree: no root handlers, no propagation.
+    logger = logging.Logger("taskd.execution_log", logging.INFO)
+    handler = _LogFileHandler(log_file) if log_file else _StdoutHandler(_LineStream(1))
+    # No fields of its own ([]): a dict logged as the message becomes the whole line,
+    # keys in the dict's order.
+    handler.setFormatter(JsonFormatter([], json_ensure_ascii=False))
+    logger.addHandler(handler)
+    return logger
+
+
+class _Termination:
+    """SIGTERM ends the logger at once while it waits for a record, else after it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.waiting = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if self.waiting:
+            raise SystemExit(0)  # nothing half-written: we are blocked reading the pipe
+
+
+def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None) -> None:
+    """The logger process: write each record received, then acknowledge it."""
+    become_child_process(coordinator_pid)
+    termination = _Termination()
+    try:
+        logger = _execution_logger(log_file)
+    except OSError as error:
+        _fail(error, log_file)
+    while True:
+        termination.waiting = True
+        try:
+            if termination.requested:
+                break
+            message = receive_message(conn)
+        except (EOFError, OSError):
+            break  # the coordinator is gone or closed the link
+        finally:
+            termination.waiting = False
+        if message.get("stop"):
+            break
+        try:
+            logger.info(message["record"])
+        except OSError as error:
+            _fail(error, log_file)  # without the ack: the next logger writes it again
+        # One ack per record, right after its write: a logger killed now repeats at most
+        # this one record. Batching acks would widen that window, and a logger holding
+        # unacknowledged records while blocked on a half-sent frame would stall the
+        # link: the coordinator only pushes the rest of a frame when an ack wakes it.
+        try:
+            send_message(conn, {"ack": message["seq"]})
+        except OSError:
+            break
+
+
+def _fail(error: OSError, log_file: str | None) -> NoReturn:
+    diagnostic = {"event": "logger_error", "level": "error", "error": str(error)}
+    if log_file:
+        diagnostic["file"] = log_file
+    print(json.dumps(diagnostic), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+class LoggerLink:
+    """The coordinator's side: a non-blocking, lossless queue to the logger process."""
+
+    def __init__(
+        self,
+        context: BaseContext,
+        log_file: str | None,
+        *,
+        coordinator_pid: int | None = None,
+        max_in_flight_bytes: int = 256 * 1024,
+        on_restart: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        self._context = context
+        self._log_file = log_file
+        self._coordinator_pid = coordinator_pid or os.getpid()
+        self._max_in_flight_bytes = max_in_flight_bytes
+        self._on_restart = on_restart
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._channel: Channel | None = None
+        self._next_seq = 1
+        # Unacknowledged (seq, record, encoded size), oldest first; the first _in_flight
+        # of them have been handed to the current channel, the rest wait.
+        self._records: deque[tuple[int, dict[str, Any], int]] = deque()
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        self._deaths: deque[float] = deque(maxlen=FLAP_DEATHS)
+        self._restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def unacked(self) -> int:
+        """Records not yet acknowledged: sent and waiting alike."""
+        return len(self._records)
+
+    @property
+    def queued(self) -> int:
+        """Records not yet sent to the current logger process."""
+        return len(self._records) - self._in_flight
+
+    def start(self) -> None:
+        """Start the logger (or replace the current one) and resend what is unacknowledged."""
+        self._discard_process()
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        process = self._context.Process(
+            target=logger_main,
+            args=(child_end, self._coordinator_pid, self._log_file),
+            name="taskd-logger",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()  # the child has its copy; ours would hide EOF from it
+        self._process = process
+        self._channel = Channel(parent_end)
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        self.pump()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        self._records.append((self._next_seq, record, 0))
+        self._next_seq += 1
+        self.pump()
+
+    def pump(self) -> None:
+        channel = self._channel
+        if channel is None or channel.closed:
+            return
+        channel.flush()
+        while self._in_flight < len(self._records) and (
+            self._in_flight_bytes < self._max_in_flight_bytes
+        ):
+            seq, record, size = self._records[self._in_flight]
+            message = {"seq": seq, "record": record}
+            if not size:
+                size = len(json.dumps(message, separators=(",", ":")))
+                self._records[self._in_flight] = (seq, record, size)
+            channel.send(message)
+            self._in_flight += 1
+            self._in_flight_bytes += size
+
+    def handle_readable(self) -> None:
+        if self._channel is None:
+            return
+        self._take_acks()
+        if self._channel.closed:
+            self.check()
+        else:
+            self.pump()
+
+    def check(self) -> bool:
+        process = self._process
+        now = time.monotonic()
+        if process is None:
+            if self._restart_at is None or now < self._restart_at:
+                return False
+            self._restart_at = None  # the pause after a crash loop is over
+            self.start()
+            return True
+        channel_closed = self._channel is not None and self._channel.closed
+        if process.exitcode is None and not channel_closed:
+            return False
+        old_pid = process.pid
+        self._take_acks()  # what the dead logger acknowledged need not be written again
+        self._deaths.append(now)
+        if len(self._deaths) == self._deaths.maxlen and now - self._deaths[0] < FLAP_WINDOW_S:
+            # Dying as fast as it starts (say the log file's directory is gone): pause
+            # instead of forking in a tight loop. Records wait here meanwhile.
+            self._discard_process()
+            self._restart_at = now + FLAP_PAUSE_S
+        else:
+            self.start()
+        exitcode = process.exitcode
+        if self._on_restart is not None and old_pid is not None:
+            self._on_restart(old_pid, exitcode)
+        return True
+
+    def kill(self) -> None:
+        """Stop the logger at once (the coordinator is failing); unwritten records are lost."""
+        self._discard_process()
+
+    def wait_objects(self) -> list[Any]:
+        """Objects for ``multiprocessing.connection.wait``; they change on restart."""
+        if self._process is None or self._channel is None:
+            return []
+        return [self._channel, self._process.sentinel]
+
+    def close(self, timeout: float) -> bool:
+        """Drain to the logger within ``timeout`` seconds, then stop it; True if all written."""
+        if self._process is None and self._restart_at is not None:
+            self._restart_at = None  # paused after a crash loop: one last try to drain
+            self.start()
+        if self._process is None:
+            return not self._records
+        deadline = time.monotonic() + timeout
+        while self._records and (remaining := deadline - time.monotonic()) > 0:
+            self.pump()
+            wait(self.wait_objects(), timeout=min(remaining, 0.5))
+            self.handle_readable()
+            self.check()
+        drained = not self._records
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            channel.send({"stop": True})
+            while not channel.flush() and not channel.closed and time.monotonic() < deadline:
+                wait([self._process.sentinel], timeout=0.01)
+        # A stopped logger exits at once; give it a moment even when the drain used it all.
+        self._process.join(max(0.2, deadline - time.monotonic()))
+        self._discard_process()
+        return drained
+
+    def _take_acks(self) -> None:
+        assert self._channel is not None
+        for message in self._channel.receive():
+            acked = message.get("ack") if isinstance(message, dict) else None
+            if not isinstance(acked, int):
+                continue
+            while self._in_flight and self._records[0][0] <= acked:
+                _, _, size = self._records.popleft()
+                self._in_flight -= 1
+                self._in_flight_bytes -= size
+
+    def _discard_process(self) -> None:
+        """Make sure the current logger process is gone (killing it if need be)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        process = self._process
+        if process is not None:
+            if process.exitcode is None:
+                process.kill()
+                process.join(1.0)  # SIGKILL is quick; a process stuck in D state is left
+            self._process = None

@@ -1,0 +1,289 @@
+"""DirectoryWatcher: "these paths in the jobs directory may have changed", nothing more.
+
+A thin shell around a watchdog observer. Events are never interpreted: with watchdog 7.1
+an ``os.replace`` save is only a ``moved`` event from the temp name, a vim save looks like
+a delete first, and a deleted-and-recreated directory leaves the observer alive but blind.
+So every path an event names is remembered with the time of its last event, and once it
+has been quiet for ``settle_s`` it is handed to the coordinator, which stats it and lets
+the Reconciler decide. A burst of events on one path (an editor's save) settles once.
+
+Threads: the observer thread calls ``record``; everything else runs in the coordinator,
+which waits on ``fileno()`` (a wakeup pipe) and sleeps until ``next_deadline()``.
+When watching itself went wrong (inotify unavailable, the directory replaced, the
+kernel queue overflowed) the answer is a full rescan, never a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+# Opened / closed-without-writing events are left out: reading a job file (which the
+# daemon does after every change) must not look like a change.
+_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
+                 FileDeletedEvent, FileMovedEvent, DirCreatedEvent, DirDeletedEvent,
+                 DirMovedEvent]
+_STOP_TIMEOUT_S = 5.0
+
+
+class DirectoryWatcher:
+    def __init__(self, directory: str, *, settle_s: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic, force_polling: bool = False,
+                 poll_interval_s: float = 1.0) -> None:
+        self.directory = directory
+        self.polling = False  # whether the running observer polls instead of using inotify
+        self._settle_s = settle_s
+        self._clock = clock
+        self._force_polling = force_polling
+        self._poll_interval_s = poll_interval_s
+        self._lock = threading.Lock()  # guards the fields the observer thread writes
+        self._pending: dict[str, float] = {}  # path -> time of its last event
+        self._wake_pending = False
+        self._rescan_needed = False
+        self._watch_lost = False
+        self._parents = frozenset({_normalized(directory)})
+        self._diagnostics: list[dict[str, Any]] = []
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
+        self._missing_reported = False
+        self._generation = 0  # which observer's events count
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- observer thread ----------------------------------------------------------------
+
+    def record(self, *paths: str, now: float | None = None) -> None:
+        """Remember that ``paths`` saw an event. Paths outside the directory are dropped;
+        the others are reported as ``snapshot(directory)`` spells them."""
+        when = self._clock() if now is None else now
+        with self._lock:
+            recorded = False
+            for raw in paths:
+                parent, name = os.path.split(raw)
+                if name and _normalized(parent) in self._parents:
+                    self._pending[os.path.join(self.directory, name)] = when
+                    recorded = True
+            if recorded:
+                self._wake()
+
+    def on_event(self, event: FileSystemEvent, generation: int | None = None) -> None:
+        if generation is not None and generation != self._generation:
+            # From an observer being replaced: the restart means a full rescan anyway,
+            # and its "directory deleted" must not mark the new watch as lost.
+            return
+        paths = [os.fsdecode(path) for path in (event.src_path, event.dest_path) if path]
+        if event.event_type in ("deleted", "moved") and any(
+                _normalized(path) in self._parents for path in paths):
+            self.need_rescan(lost=True)  # the directory itself went away
+        self.record(*paths)
+
+    def need_rescan(self, *, lost: bool = False) -> None:
+        with self._lock:
+            self._rescan_needed = True
+            self._watch_lost = self._watch_lost or lost
+            self._wake()
+
+    def _wake(self) -> None:
+        """With the lock held: one byte per wakeup, not one per event of a burst."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._write_fd, b"\0")  # non-blocking
+            except OSError:
+                pass  # a full pipe wakes the coordinator all the same; closed: stopping
+
+    # -- coordinator ----------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def settled(self, now: float | None = None) -> set[str]:
+        """Paths quiet for ``settle_s``, each once; the others stay pending."""
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except OSError:
+            pass  # empty (BlockingIOError), or closed by stop()
+        when = self._clock() if now is None else now
+        with self._lock:
+            self._wake_pending = False  # after draining: a later event writes again
+            # ``last + settle_s``, not ``when - last``: exactly what next_deadline() says,
+            # so waking at the deadline always settles (no float-rounding spin).
+            ready = {path for path, last in self._pending.items()
+                     if last + self._settle_s <= when}
+            for path in ready:
+                del self._pending[path]
+        return ready
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            if not self._pending:
+                return None
+            return min(self._pending.values()) + self._settle_s
+
+    def take_rescan_needed(self) -> bool:
+        with self._lock:
+            needed, self._rescan_needed = self._rescan_needed, False
+        return needed
+
+    def drain_diagnostics(self) -> list[dict[str, Any]]:
+        with self._lock:
+            events, self._diagnostics = self._diagnostics, []
+        return events
+
+    def start(self) -> None:
+        self._observer = self._launch()
+        _OVERFLOW_WATCH.watchers.add(self)
+
+    def health_check(self) -> bool:
+        """Restart a dead or blind observer; True means the caller must rescan fully."""
+        if self._observer is None:
+            return False
+        reason = self._restart_reason()
+        if reason is None:
+            return False
+        try:
+            observer = self._launch()
+        except OSError as error:
+            # The directory is missing (or unusable) right now: keep trying, say it once.
+            if not self._missing_reported:
+                self._missing_reported = True
+                self._diagnose("watcher_directory_missing", "error",
+                               reason=f"{reason}; cannot watch: {error.strerror or error}")
+            return False
+        old, self._observer = self._observer, observer
+        _stop(old)
+        self._missing_reported = False
+        self._diagnose("watcher_restarted", "warning", reason=reason)
+        return True
+
+    def stop(self) -> None:
+        _OVERFLOW_WATCH.watchers.discard(self)
+        if self._observer is not None:
+            _stop(self._observer)
+            self._observer = None
+        for fd in (self._read_fd, self._write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._read_fd = self._write_fd = -1
+
+    # -- the observer -------------------------------------------------------------------
+
+    def _restart_reason(self) -> str | None:
+        assert self._observer is not None
+        if self._missing_reported:
+            return "directory recreated"
+        if not self._observer.is_alive():
+            return "observer thread died"
+        emitters = list(self._observer.emitters)
+        with self._lock:
+            lost = self._watch_lost
+        if lost or not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return "directory deleted or moved"
+        try:
+            st = os.stat(self.directory)
+        except OSError:
+            return "directory missing"
+        # Not enough on its own: ext4 hands a recreated directory the same inode number.
+        # inotify's emitter stops on IN_DELETE_SELF, which the check above catches.
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "directory replaced"
+        return None
+
+    def _launch(self) -> BaseObserver:
+        """A running observer on the directory: inotify if possible, else polling."""
+        # Watch the real directory: watchdog does not follow a symlinked directory (it asks
+        # inotify not to), and after `ln -sfn` the symlink points somewhere new anyway.
+        real = os.path.realpath(self.directory)
+        st = os.stat(real)
+        with self._lock:
+            self._parents = frozenset({_normalized(self.directory), real})
+            self._watch_lost = False
+            self._generation += 1
+        observer = None
+        if not self._force_polling:
+            try:
+                observer = self._started(Observer(), real)
+            except OSError as error:  # no inotify, out of watches (ENOSPC) or instances
+                self._diagnose("watcher_polling", "warning",
+                               reason=f"inotify unavailable: {error.strerror or error}")
+        self.polling = observer is None
+        if observer is None:
+            observer = self._started(PollingObserver(timeout=self._poll_interval_s), real)
+        self._identity = (st.st_dev, st.st_ino)
+        return observer
+
+    def _started(self, observer: BaseObserver, path: str) -> BaseObserver:
+        try:
+            observer.schedule(_Handler(self, self._generation), path, recursive=False,
+                              event_filter=_EVENT_FILTER)
+            observer.start()
+        except BaseException:
+            _stop(observer)
+            raise
+        return observer
+
+    def _diagnose(self, event: str, level: str, **fields: Any) -> None:
+        with self._lock:
+            self._diagnostics.append({"event": event, "level": level,
+                                      "directory": self.directory, **fields})
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: DirectoryWatcher, generation: int) -> None:
+        self._watcher = watcher
+        self._generation = generation
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self._watcher.on_event(event, self._generation)
+
+
+class _OverflowWatch(logging.Handler):
+    """watchdog only logs a kernel queue overflow; turn that warning into a rescan."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.watchers: weakref.WeakSet[DirectoryWatcher] = weakref.WeakSet()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            for watcher in list(self.watchers):
+                watcher.need_rescan()
+
+
+_OVERFLOW_WATCH = _OverflowWatch()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_OVERFLOW_WATCH)
+
+
+def _stop(observer: BaseObserver) -> None:
+    try:
+        observer.stop()
+        if observer.is_alive():
+            observer.join(_STOP_TIMEOUT_S)
+    except (OSError, RuntimeError):
+        pass  # half-started: nothing more to stop
+
+
+def _normalized(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))

@@ -1,0 +1,126 @@
+"""The worker pool with real processes: hand-out, results, and worker death at any moment."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.connection import wait
+
+import pytest
+
+from supervisor.pool import WorkerPool
+from tests.daemon_harness import pid_alive, wait_until
+from workers.execution import Execution, new_run_id
+
+CONTEXT = multiprocessing.get_context("forkserver")
+
+
+def execution(command: str, job_id: str = "j", timeout_s: float | None = None) -> Execution:
+    return Execution(run_id=new_run_id(), job_id=job_id, scheduled_for="2026-01-01T00:00:00+00:00",
+                     task_type="execute_command",
+                     task_params={"command": command, "env": {}, "cwd": None},
+                     timeout_s=timeout_s)
+
+
+@pytest.fixture
+def pool():
+    events: list[dict] = []
+    pool = WorkerPool(2, context=CONTEXT, monotonic=time.monotonic, on_event=events.append)
+    pool.events = events
+    pool.start()
+    yield pool
+    pool.kill_all("test over")
+
+
+def pump(pool: WorkerPool, records: list, until, timeout: float = 20.0) -> None:
+    """The coordinator's loop in miniature: wait on the pool, service it."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out; records so far: {records}"
+        wait(pool.wait_objects(), 0.05)
+        records.extend(pool.service())
+
+
+def test_runs_executions_and_returns_records(pool):
+    records: list = []
+    runs = [execution(f"echo {i}", job_id=f"j{i}") for i in range(5)]
+    for run in runs:
+        pool.put(run)
+    assert pool.depth() == 5
+    pump(pool, records, lambda: len(records) == 5)
+    assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in runs)
+    assert {r["status"] for r in records} == {"SUCCESS"}
+    assert {r["output_tail"] for r in records} == {f"{i}\n" for i in range(5)}
+    assert {r["worker"] for r in records} <= {1, 2}
+    assert pool.depth() == 0
+
+
+def test_waiting_executions_start_in_the_order_they_were_put():
+    single = WorkerPool(1, context=CONTEXT, monotonic=time.monotonic)
+    single.start()
+    try:
+        records: list = []
+        runs = [execution("true", job_id=f"j{i}") for i in range(6)]
+        for run in runs:
+            single.put(run)
+        pump(single, records, lambda: len(records) == 6)
+        assert [r["run_id"] for r in records] == [r.run_id for r in runs]
+        starts = [r["timestamp"] for r in records]
+        assert starts == sorted(starts)
+    finally:
+        single.kill_all("test over")
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_sigkilled_worker_is_replaced_and_its_run_recorded_lost(pool, busy):
+    records: list = []
+    victim = pool.slots[0]
+    if busy:
+        pool.put(execution("sleep 30", job_id="held"))
+        pump(pool, records, lambda: victim.execution is not None or pool.slots[1].execution)
+        victim = next(slot for slot in pool.slots if slot.execution is not None)
+    old_pid = victim.process.pid
+    os.kill(old_pid, signal.SIGKILL)
+    pump(pool, records, lambda: victim.process is not None and victim.process.pid != old_pid)
+    if busy:
+        pump(pool, records, lambda: records)
+        assert [(r["job_id"], r["status"], r["error"]) for r in records] == [
+            ("held", "FAILURE", "worker lost")]
+    else:
+        assert records == []
+    # The pool still works, on both workers.
+    pool.put(execution("echo a", job_id="after1"))
+    pool.put(execution("echo b", job_id="after2"))
+    pump(pool, records, lambda: len([r for r in records if r["job_id"].startswith("after")]) == 2)
+    assert any(e["event"] == "worker_died" for e in pool.events)
+
+
+def test_lost_run_leaves_no_process_behind(pool):
+    records: list = []
+    marker = f"/tmp/taskd-lost-{os.getpid()}"
+    pool.put(execution(f"sleep 60 & echo $! > {marker}; wait", job_id="held"))
+    pump(pool, records, lambda: os.path.exists(marker) and open(marker).read().strip())
+    grandchild = int(open(marker).read())
+    os.unlink(marker)
+    busy = next(slot for slot in pool.slots if slot.execution is not None)
+    os.kill(busy.process.pid, signal.SIGKILL)
+    pump(pool, records, lambda: records)
+    wait_until(lambda: not pid_alive(grandchild), 5, message="grandchild killed")
+
+
+def test_many_kills_in_a_row_never_stall_the_pool(pool):
+    records: list = []
+    for _ in range(10):
+        slot = pool.slots[0]
+        old = slot.process.pid
+        os.kill(old, signal.SIGKILL)
+        pump(pool, records, lambda s=slot, o=old: (s.process is not None and s.process.pid != o)
+             or s.restart_at is not None)
+        if slot.restart_at is not None:  # flapping guard paused it: it comes back by itself
+            pump(pool, records, lambda s=slot: s.process is not None, timeout=10)
+    pool.put(execution("echo fine"))
+    pump(pool, records, lambda: records)
+    assert records[0]["status"] == "SUCCESS"
+    assert pool.alive() == 2

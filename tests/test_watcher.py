@@ -1,0 +1,381 @@
+"""DirectoryWatcher: settling with a fake clock, then a real observer on a real directory.
+
+Real-filesystem tests wait the way the daemon's coordinator does (on ``fileno()`` until
+``next_deadline()``), bounded by a deadline; never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
+
+import pytest
+from watchdog.events import DirDeletedEvent, DirModifiedEvent, FileMovedEvent
+
+import supervisor.watcher as watcher_module
+from supervisor.jobdir import FileStamp, snapshot
+from supervisor.jobspec import read_job_file
+from supervisor.reconcile import Reconciler
+from supervisor.watcher import DirectoryWatcher
+
+TIMEOUT_S = 5.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- settling, without threads --------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[DirectoryWatcher, FakeClock]]:
+    clock = FakeClock()
+    watcher = DirectoryWatcher("/jobs", settle_s=0.05, clock=clock)
+    yield watcher, clock
+    watcher.stop()
+
+
+def readable(watcher: DirectoryWatcher) -> bool:
+    return bool(wait([watcher], timeout=0))
+
+
+def test_a_burst_on_one_path_settles_once(fake):
+    watcher, clock = fake
+    for _ in range(5):  # an editor's save: create, modify, modify, close, attrib
+        watcher.record("/jobs/a.json")
+        clock.now += 0.02
+    assert watcher.settled() == set()  # the last event is only 0.02 s old
+    deadline = watcher.next_deadline()
+    assert deadline == pytest.approx(clock.now - 0.02 + 0.05)
+    assert watcher.settled(now=deadline - 0.001) == set()
+    assert watcher.settled(now=deadline) == {"/jobs/a.json"}
+    assert watcher.settled(now=deadline + 1) == set() and watcher.next_deadline() is None
+
+
+def test_paths_settle_independently(fake):
+    watcher, _ = fake
+    watcher.record("/jobs/a.json", now=100.0)
+    watcher.record("/jobs/b.json", now=100.04)
+    assert watcher.next_deadline() == pytest.approx(100.05)
+    assert watcher.settled(now=watcher.next_deadline()) == {"/jobs/a.json"}
+    assert watcher.next_deadline() == pytest.approx(100.09)
+    assert watcher.settled(now=watcher.next_deadline()) == {"/jobs/b.json"}
+
+
+def test_a_moved_event_records_both_paths_at_once(fake):
+    watcher, clock = fake
+    watcher.on_event(FileMovedEvent("/jobs/.a.json.tmp", "/jobs/a.json"))
+    clock.now += 1
+    assert watcher.settled() == {"/jobs/.a.json.tmp", "/jobs/a.json"}
+
+
+def test_paths_outside_the_directory_and_the_directory_itself_are_not_reported(fake):
+    watcher, clock = fake
+    watcher.on_event(FileMovedEvent("/jobs/a.json", "/elsewhere/a.json"))
+    watcher.on_event(DirModifiedEvent("/jobs"))  # every change in it: not a rescan
+    watcher.record("/jobs/sub/b.json", "/jobsx/c.json", "/jobs")
+    clock.now += 1
+    assert watcher.settled() == {"/jobs/a.json"}
+    assert watcher.take_rescan_needed() is False
+
+
+def test_paths_are_spelled_like_the_directory_given(tmp_path):
+    watcher = DirectoryWatcher(str(tmp_path) + "/", clock=FakeClock())
+    try:
+        watcher.record(str(tmp_path / "a.json"), now=0.0)
+        assert watcher.settled(now=1.0) == {os.path.join(str(tmp_path) + "/", "a.json")}
+    finally:
+        watcher.stop()
+
+
+def test_the_directory_going_away_asks_for_a_rescan(fake):
+    watcher, _ = fake
+    watcher.on_event(DirDeletedEvent("/jobs"))
+    assert readable(watcher)
+    assert watcher.take_rescan_needed() is True and watcher.take_rescan_needed() is False
+
+
+def test_wakeup_pipe_is_readable_until_drained(fake):
+    watcher, _ = fake
+    assert not readable(watcher)
+    for _ in range(3):
+        watcher.record("/jobs/a.json")
+    assert readable(watcher)
+    watcher.settled()
+    assert not readable(watcher)
+    watcher.record("/jobs/a.json")  # a later event wakes the coordinator again
+    assert readable(watcher)
+
+
+def test_a_watchdog_queue_overflow_asks_for_a_rescan(tmp_path):
+    watcher = DirectoryWatcher(str(tmp_path))
+    watcher.start()
+    try:
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        assert watcher.take_rescan_needed() is True and readable(watcher)
+    finally:
+        watcher.stop()
+
+
+# -- a real observer on a real directory ------------------------------------------------
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def jobs(request, tmp_path) -> Iterator[tuple[DirectoryWatcher, str]]:
+    directory = tmp_path / "jobs.d"
+    directory.mkdir()
+    watcher = DirectoryWatcher(str(directory), force_polling=request.param == "polling",
+                               poll_interval_s=0.05)
+    watcher.start()
+    assert watcher.polling is (request.param == "polling")
+    yield watcher, str(directory)
+    watcher.stop()
+
+
+def settle(watcher: DirectoryWatcher, expected: set[str], *, health: bool = False) -> set[str]:
+    """Run the coordinator's loop until every expected path has settled."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + TIMEOUT_S
+    while not expected <= seen:
+        if health:
+            watcher.health_check()
+        now = time.monotonic()
+        assert now < deadline, f"settled {sorted(seen)}, expected {sorted(expected)}"
+        settles_at = watcher.next_deadline()
+        until = deadline if settles_at is None else min(settles_at, deadline)
+        wait([watcher], timeout=max(0.0, until - now))
+        seen |= watcher.settled()
+    return seen
+
+
+def write(path: str, data: str = "{}") -> None:
+    with open(path, "w") as handle:
+        handle.write(data)
+
+
+def join(directory: str, *names: str) -> set[str]:
+    return {os.path.join(directory, name) for name in names}
+
+
+Scenario = Callable[[str, str], set[str]]  # (jobs dir, outside dir) -> expected paths
+
+
+def added(d: str, _: str) -> set[str]:
+    write(os.path.join(d, "a.json"))
+    return join(d, "a.json")
+
+
+def modified_in_place(d: str, _: str) -> set[str]:
+    with open(os.path.join(d, "a.json"), "a") as handle:
+        handle.write(" ")
+    return join(d, "a.json")
+
+
+def replaced_atomically(d: str, _: str) -> set[str]:
+    write(os.path.join(d, ".a.json.tmp"), '{"changed": 1}')
+    os.replace(os.path.join(d, ".a.json.tmp"), os.path.join(d, "a.json"))
+    return join(d, "a.json")
+
+
+def vim_save(d: str, _: str) -> set[str]:
+    os.rename(os.path.join(d, "a.json"), os.path.join(d, "a.json~"))
+    write(os.path.join(d, "a.json"), '{"changed": 1}')
+    os.unlink(os.path.join(d, "a.json~"))
+    return join(d, "a.json")
+
+
+def deleted(d: str, _: str) -> set[str]:
+    os.unlink(os.path.join(d, "a.json"))
+    return join(d, "a.json")
+
+
+def moved_in(d: str, outside: str) -> set[str]:
+    write(os.path.join(outside, "b.json"))
+    os.rename(os.path.join(outside, "b.json"), os.path.join(d, "b.json"))
+    return join(d, "b.json")
+
+
+def moved_out(d: str, outside: str) -> set[str]:
+    os.rename(os.path.join(d, "a.json"), os.path.join(outside, "a.json"))
+    return join(d, "a.json")
+
+
+def renamed_inside(d: str, _: str) -> set[str]:
+    os.rename(os.path.join(d, "a.json"), os.path.join(d, "b.json"))
+    return join(d, "a.json", "b.json")
+
+
+@pytest.mark.parametrize("scenario", [added, modified_in_place, replaced_atomically, vim_save,
+                                      deleted, moved_in, moved_out, renamed_inside])
+def test_every_kind_of_change_is_reported(jobs, tmp_path, scenario: Scenario):
+    watcher, directory = jobs
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if scenario is not added:
+        write(os.path.join(directory, "a.json"))
+        settle(watcher, join(directory, "a.json"))
+    expected = scenario(directory, str(outside))
+    seen = settle(watcher, expected)
+    assert all(os.path.dirname(path) == directory for path in seen)
+
+
+def test_reading_a_file_is_not_a_change(jobs):
+    watcher, directory = jobs
+    path = os.path.join(directory, "a.json")
+    write(path)
+    settle(watcher, {path})
+    with open(path) as handle:
+        handle.read()
+    write(os.path.join(directory, "marker.json"))  # events arrive in order
+    assert settle(watcher, join(directory, "marker.json")) == join(directory, "marker.json")
+
+
+def wait_for_restart(watcher: DirectoryWatcher) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not watcher.health_check():
+        assert time.monotonic() < deadline, "health_check() never restarted the observer"
+        wait([watcher], timeout=0.02)  # the observer has to notice first
+
+
+def test_directory_deleted_and_recreated_is_watched_again(jobs):
+    watcher, directory = jobs
+    assert watcher.health_check() is False
+    shutil.rmtree(directory)
+    os.mkdir(directory)
+    if not watcher.polling:
+        # inotify watched the old directory: blind until restarted. (Polling lists the
+        # path, so it simply carries on; ext4 even gives the new directory the same inode.)
+        wait_for_restart(watcher)
+        assert watcher.drain_diagnostics()[-1]["event"] == "watcher_restarted"
+    write(os.path.join(directory, "a.json"))
+    # Polling notices the gap only if a poll fell into it; then it needs its restart.
+    settle(watcher, join(directory, "a.json"), health=watcher.polling)
+    assert watcher.health_check() is False
+
+
+def test_directory_missing_for_a_while_is_reported_once(jobs):
+    watcher, directory = jobs
+    shutil.rmtree(directory)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not watcher.drain_diagnostics():
+        assert watcher.health_check() is False
+        assert time.monotonic() < deadline
+        wait([watcher], timeout=0.02)
+    assert watcher.health_check() is False and watcher.drain_diagnostics() == []
+    os.mkdir(directory)
+    assert watcher.health_check() is True
+
+
+def test_symlink_swap_is_followed(tmp_path):
+    old, new, link = tmp_path / "v1", tmp_path / "v2", str(tmp_path / "jobs.d")
+    old.mkdir()
+    new.mkdir()
+    os.symlink(old, link)
+    watcher = DirectoryWatcher(link)
+    watcher.start()
+    try:
+        write(os.path.join(link, "a.json"))
+        assert settle(watcher, join(link, "a.json")) == join(link, "a.json")
+        os.symlink(new, link + ".tmp")
+        os.replace(link + ".tmp", link)  # ln -sfn
+        assert watcher.health_check() is True
+        assert watcher.drain_diagnostics()[-1]["reason"] == "directory replaced"
+        write(os.path.join(link, "b.json"))
+        settle(watcher, join(link, "b.json"))
+    finally:
+        watcher.stop()
+
+
+def test_dead_observer_is_restarted(jobs):
+    watcher, directory = jobs
+    observer = watcher._observer
+    observer.stop()
+    observer.join(TIMEOUT_S)
+    assert watcher.health_check() is True
+    assert watcher.drain_diagnostics()[-1]["reason"] == "observer thread died"
+    write(os.path.join(directory, "a.json"))
+    settle(watcher, join(directory, "a.json"))
+
+
+def test_no_inotify_falls_back_to_polling(tmp_path, monkeypatch):
+    def no_inotify():
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watcher_module, "Observer", no_inotify)
+    watcher = DirectoryWatcher(str(tmp_path), poll_interval_s=0.05)
+    watcher.start()
+    try:
+        assert watcher.polling is True
+        [event] = watcher.drain_diagnostics()
+        assert event["event"] == "watcher_polling" and event["level"] == "warning"
+        assert "inotify watch limit reached" in event["reason"]
+        write(str(tmp_path / "a.json"))
+        settle(watcher, join(str(tmp_path), "a.json"))
+    finally:
+        watcher.stop()
+
+
+# -- with the Reconciler: one reload per save -------------------------------------------
+
+
+def stamp(path: str) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileStamp.of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+def job(command: str) -> str:
+    return json.dumps({"job_id": "a", "schedule": "* * * * *",
+                       "task": {"type": "execute_command", "command": command}})
+
+
+@pytest.mark.parametrize("save", ["in place", "os.replace", "vim", "rename inside"])
+def test_each_save_is_exactly_one_reload(tmp_path, save):
+    directory = str(tmp_path)
+    path, renamed = os.path.join(directory, "a.json"), os.path.join(directory, "b.json")
+    write(path, job("true"))
+    rec = Reconciler(functools.partial(read_job_file, default_zone="UTC"))
+    rec.full(snapshot(directory))
+    watcher = DirectoryWatcher(directory, settle_s=0.2)  # generous: a loaded test machine
+    watcher.start()
+    try:
+        if save == "in place":
+            write(path, job("echo in place"))
+        elif save == "os.replace":
+            write(path + ".tmp", job("echo replaced"))
+            os.replace(path + ".tmp", path)
+        elif save == "vim":
+            os.rename(path, path + "~")
+            write(path, job("echo vim"))
+            os.unlink(path + "~")
+        else:
+            os.rename(path, renamed)
+        events: list[dict] = []  # the coordinator's loop, until a reload and quiet
+        deadline = time.monotonic() + TIMEOUT_S
+        while not events or watcher.next_deadline() is not None:
+            now = time.monotonic()
+            assert now < deadline, events
+            settles_at = watcher.next_deadline()
+            wait([watcher], timeout=max(0.0, (settles_at or deadline) - now))
+            events += rec.paths(watcher.settled(), stamp).events
+    finally:
+        watcher.stop()
+    expected = "job_renamed" if save == "rename inside" else "job_updated"
+    assert [event["event"] for event in events] == [expected]
+    assert rec.jobs()["a"].file == (renamed if save == "rename inside" else path)
