@@ -65,13 +65,17 @@ class DaemonOptions:
     misfire_grace_s: float = 60.0
     grace_period_s: float = 30.0
     rescan_interval_s: float = RESCAN_INTERVAL_S
+    socket_path: str | None = None
+    socket_group: str | None = None
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
 
 
 class Coordinator:
     def __init__(self, options: DaemonOptions, *, queue: ExecutionQueue, logger: Any,
                  watcher: Any, clock: Clock | None = None,
                  diagnostics: Diagnostics | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, control: Any = None) -> None:
         self.options = options
         self.queue = queue
         self.logger = logger
@@ -79,6 +83,7 @@ class Coordinator:
         self.clock = clock or SystemClock()
         self.diagnostics = diagnostics or Diagnostics()
         self.notifier = notifier or Notifier()
+        self.control = control  # the control socket server, when there is one
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
         self.reconciler = Reconciler(partial(read_job_file, default_zone=options.timezone))
         self.started_at = self.clock.now()
@@ -86,6 +91,9 @@ class Coordinator:
         self.stop_now = False
         self.rescan_requested = False
         self._next_rescan = self.clock.monotonic() + options.rescan_interval_s
+        # systemd's watchdog: keep-alives come from this loop, so a wedged loop is restarted.
+        self._keepalive_s = self.notifier.watchdog_interval_s()
+        self._next_keepalive = self.clock.monotonic() + (self._keepalive_s or 0.0)
         self._signal_reader: socket.socket | None = None
         self.counters = {"executions": 0, "success": 0, "failure": 0}
 
@@ -109,7 +117,7 @@ class Coordinator:
                    "invalid_files": errors, "workers": self.options.workers,
                    "worker_pids": self.queue.worker_pids(), "logger_pid": self.logger.pid,
                    "jobs_dir": self.options.jobs_dir})
-        self.notifier.notify("READY=1", f"STATUS={jobs} jobs, {errors} invalid files")
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     # -- the loop --------------------------------------------------------------------
 
@@ -125,15 +133,34 @@ class Coordinator:
         self.logger.handle_readable()
         self.logger.check()
         self._collect(self.queue.service())
+        if self.control is not None:
+            self.control.service()  # may ask for a run, a reload or a stop
         self._watch()
         self._dispatch_due()
         self._collect(self.queue.service())
         self.logger.pump()
+        self._keep_alive()
+
+    def _keep_alive(self) -> None:
+        mono = self.clock.monotonic()
+        if self._keepalive_s is None or mono < self._next_keepalive:
+            return
+        self._next_keepalive = mono + self._keepalive_s
+        self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what an operator sees in ``systemctl status``."""
+        busy = sum(1 for worker in self.queue.worker_status() if worker["state"] == "busy")
+        return (f"{len(self.schedule.jobs)} jobs, {len(self.reconciler.errors())} invalid "
+                f"files, {busy}/{self.options.workers} workers busy, queue "
+                f"{self.queue.depth()}, {self.counters['executions']} executions")
 
     def _wait_objects(self) -> list[Any]:
         objects = [*self.queue.wait_objects(), *self.logger.wait_objects()]
         if not self.stopping:
             objects.append(self.watcher)
+            if self.control is not None:
+                objects += self.control.wait_objects()
         if self._signal_reader is not None:
             objects.append(self._signal_reader)
         return objects
@@ -141,12 +168,15 @@ class Coordinator:
     def _sleep_s(self) -> float:
         mono = self.clock.monotonic()
         limits = [MAX_SLEEP_S, self._next_rescan - mono]
+        if self._keepalive_s is not None:
+            limits.append(self._next_keepalive - mono)
         to_next = self.schedule.time_to_next(self.clock.now())
         if to_next is not None:
             limits.append(to_next)
-        settle = self.watcher.next_deadline()
-        if settle is not None:
-            limits.append(settle - mono)
+        for deadline in (self.watcher.next_deadline(),
+                         self.control.next_deadline() if self.control else None):
+            if deadline is not None:
+                limits.append(deadline - mono)
         return max(0.0, min(limits))
 
     def _read_signals(self) -> None:
@@ -158,13 +188,9 @@ class Coordinator:
             return
         for signum in data:
             if signum == signal.SIGHUP:
-                self.rescan_requested = True
-                self.emit({"event": "reload_requested", "level": "info", "via": "SIGHUP"})
+                self.request_reload("SIGHUP")
             elif signum in (signal.SIGTERM, signal.SIGINT):
-                self.stop_now = self.stopping  # a second signal: no more grace
-                self.stopping = True
-                self.emit({"event": "stopping", "level": "info",
-                           "signal": signal.Signals(signum).name, "immediate": self.stop_now})
+                self.request_stop(signal.Signals(signum).name)  # a second one: no grace
 
     def _watch(self) -> None:
         mono = self.clock.monotonic()
@@ -227,6 +253,61 @@ class Coordinator:
     def emit(self, event: dict[str, Any]) -> None:
         self.diagnostics.emit(event)
 
+    # -- what the control commands ask -------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The whole picture, for ``taskd status``: JSON-able, keys as the contract says."""
+        now = self.clock.now()
+        errors = self.reconciler.errors()
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at.isoformat(),
+            "uptime_s": round((now - self.started_at).total_seconds(), 3),
+            "jobs_dir": self.options.jobs_dir,
+            "timezone": self.options.timezone,
+            "workers": self.queue.worker_status(),
+            "logger": {"pid": self.logger.pid, "unacknowledged": self.logger.unacked},
+            "queue_depth": self.queue.depth(),
+            "counters": {**self.counters, "worker_restarts": self.queue.restarts},
+            "jobs": [self._job_status(state) for _, state in sorted(self.schedule.jobs.items())],
+            "errors": [{"file": file, "error": error} for file, error in sorted(errors.items())],
+        }
+
+    def job_status(self, job_id: str) -> dict[str, Any] | None:
+        state = self.schedule.jobs.get(job_id)
+        if state is None:
+            return None
+        return {**self._job_status(state), "description": state.spec.description,
+                "task_type": state.spec.task_type, "timeout_s": state.spec.timeout_s,
+                "overlap": state.spec.overlap, "history": list(state.history or [])}
+
+    def _job_status(self, state: Any) -> dict[str, Any]:
+        spec = state.spec
+        return {"job_id": spec.job_id, "file": spec.file, "schedule": spec.schedule,
+                "timezone": spec.timezone, "enabled": spec.enabled,
+                "next_run": state.next_fire.isoformat() if state.next_fire else None,
+                "last_run": state.last_started, "last_status": state.last_status,
+                "last_error": state.last_error, "running": state.in_flight}
+
+    def run_now(self, job_id: str) -> Execution | None:
+        """``taskd run``: one manual execution now, whatever the schedule says."""
+        occurrence = self.schedule.manual(job_id, self.clock.now())
+        if occurrence is None:
+            return None
+        self.emit({"event": "manual_run", "level": "info", "job_id": job_id,
+                   "file": occurrence.spec.file})
+        return self.submit(occurrence)
+
+    def request_reload(self, via: str) -> None:
+        self.rescan_requested = True
+        self.emit({"event": "reload_requested", "level": "info", "via": via})
+
+    def request_stop(self, via: str) -> None:
+        self.stop_now = self.stopping
+        self.stopping = True
+        self.emit({"event": "stopping", "level": "info", "via": via,
+                   "immediate": self.stop_now})
+
     # -- shutdown --------------------------------------------------------------------
 
     def shut_down(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_for) -> None:
@@ -237,6 +318,8 @@ class Coordinator:
         """
         self.notifier.notify("STOPPING=1")
         self.watcher.stop()
+        if self.control is not None:
+            self.control.close()
         self._collect(self.queue.drop_pending("shutdown"))
         self.queue.stop_idle()
         grace_ends = self.clock.monotonic() + self.options.grace_period_s

@@ -29,6 +29,11 @@ class ExecutionQueue(Protocol):
         Returns the execution records that are complete, lost runs included.
         """
 
+    restarts: int  # worker processes replaced since start
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        """One object per worker: id, pid, state (idle/busy/down), job_id, run_id, since."""
+
     def worker_pids(self) -> list[int | None]:
         """Pids of the local worker processes (for diagnostics and status)."""
 

@@ -141,6 +141,16 @@ class WorkerPool:
             self._discard(slot)
         return records
 
+    def worker_status(self) -> list[dict[str, Any]]:
+        return [{"id": slot.worker_id,
+                 "pid": slot.process.pid if slot.process else None,
+                 "state": slot.state,
+                 "job_id": slot.execution.job_id if slot.execution else None,
+                 "run_id": slot.execution.run_id if slot.execution else None,
+                 "since": slot.started_at.isoformat() if slot.started_at else None,
+                 "restarts": max(0, slot.spawns - 1)}
+                for slot in self.slots]
+
     def worker_pids(self) -> list[int | None]:
         return [slot.process.pid if slot.process else None for slot in self.slots]
 

@@ -18,6 +18,7 @@ Policies:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,10 @@ from supervisor.triggers import OneTimeTrigger
 MAX_MISSED_COUNTED = 100_000
 
 
+# How many finished runs each job remembers for ``taskd status JOB_ID``.
+HISTORY_LENGTH = 20
+
+
 @dataclass(slots=True)
 class JobState:
     spec: JobSpec
@@ -38,6 +43,8 @@ class JobState:
     last_started: str | None = None  # ISO timestamp of the last finished run's start
     last_status: str | None = None
     last_error: str | None = None
+    # Created on the first run, so 100,000 jobs that never ran cost nothing here.
+    history: deque[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,11 @@ class Schedule:
         state.last_started = record["timestamp"]
         state.last_status = record["status"]
         state.last_error = record["error"]
+        if state.history is None:
+            state.history = deque(maxlen=HISTORY_LENGTH)
+        state.history.append({key: record.get(key) for key in (
+            "run_id", "timestamp", "scheduled_for", "status", "duration_ms", "exit_code",
+            "error", "worker", "manual")})
 
     def manual(self, job_id: str, now: datetime) -> Occurrence | None:
         state = self.jobs.get(job_id)
