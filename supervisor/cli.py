@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -19,7 +21,15 @@ from supervisor.zones import UTC, UnknownZoneError, host_zone_name, zone_named
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="taskd")
 def main() -> None:
-    """taskd: a job-scheduler daemon (cron and one-time jobs from a watched directory)."""
+    """taskd: a job-scheduler daemon (cron and one-time jobs from a watched directory).
+
+    Shell completion (bash): eval "$(_TASKD_COMPLETE=bash_source taskd)"; for zsh or fish
+    use zsh_source or fish_source.
+    """
+
+
+_SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.sock as root, "
+                "else $XDG_RUNTIME_DIR/taskd.sock, else /tmp/taskd-UID/taskd.sock).")
 
 
 @main.command()
@@ -36,12 +46,19 @@ def main() -> None:
 @click.option("--grace-period", default=30.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(min=0),
               help="On SIGTERM, how long running executions get to finish.")
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help=_SOCKET_HELP + " Created mode 0600.")
+@click.option("--socket-group", default=None, metavar="GROUP",
+              help="Make the control socket 0660 and owned by this group (name or gid), "
+                   "so its members may use the client commands.")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
-          misfire_grace: float, grace_period: float) -> None:
+          misfire_grace: float, grace_period: float, socket_path: str | None,
+          socket_group: str | None) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
     """
+    from supervisor.control_client import default_socket_path
     from supervisor.coordinator import DaemonOptions
     from supervisor.daemon import run_daemon
 
@@ -51,8 +68,104 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
         _check_log_file(log_file)
     options = DaemonOptions(jobs_dir=os.path.abspath(jobs_dir), workers=workers,
                             log_file=log_file and os.path.abspath(log_file), timezone=zone_name,
-                            misfire_grace_s=misfire_grace, grace_period_s=grace_period)
+                            misfire_grace_s=misfire_grace, grace_period_s=grace_period,
+                            socket_path=os.path.abspath(socket_path or default_socket_path()),
+                            socket_group=socket_group)
     sys.exit(run_daemon(options))
+
+
+def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--socket and --timeout, shared by the commands that talk to a running daemon."""
+    function = click.option("--timeout", default=5.0, show_default=True, metavar="SECONDS",
+                            type=click.FloatRange(min=0, min_open=True),
+                            help="How long to wait for the daemon's answer.")(function)
+    return click.option("--socket", "socket_path", default=None, metavar="PATH",
+                        help=_SOCKET_HELP)(function)
+
+
+def _ask(socket_path: str | None, timeout: float, name: str, **args: Any) -> dict[str, Any]:
+    """Send one command to the daemon; its result, or exit 1 with the reason on stderr."""
+    from supervisor.commands import COMMANDS
+    from supervisor.control_client import ControlError, default_socket_path, request
+
+    path = socket_path or default_socket_path()
+    try:
+        response = request(path, COMMANDS[name].message(**args), timeout_s=timeout)
+    except ControlError as error:
+        _fail(str(error))
+    if not response.get("ok"):
+        _fail(str(response.get("error") or "the daemon refused the request"))
+    return response.get("result") or {}
+
+
+def _complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of JOB_ID: the jobs of the running daemon, if one answers."""
+    from supervisor.commands import COMMANDS
+    from supervisor.control_client import ControlError, default_socket_path, request
+
+    path = ctx.params.get("socket_path") or default_socket_path()
+    try:
+        response = request(path, COMMANDS["status"].message(), timeout_s=1.0)
+    except ControlError:
+        return []
+    jobs = (response.get("result") or {}).get("jobs", [])
+    return [job["job_id"] for job in jobs if job["job_id"].startswith(incomplete)]
+
+
+@main.command()
+@click.argument("job_id", required=False, shell_complete=_complete_job_ids)
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(job_id: str | None, socket_path: str | None, timeout: float, as_json: bool) -> None:
+    """Show workers, jobs, queue and file errors; or one job and its recent runs.
+
+    Examples: taskd status; taskd status --json; taskd status heartbeat
+    """
+    from supervisor.commands import COMMANDS, STATUS_LIMIT
+
+    limit = None if as_json or job_id else STATUS_LIMIT
+    result = _ask(socket_path, timeout, "status", job_id=job_id, limit=limit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        click.echo(COMMANDS["status"].console_msg(result))
+
+
+@main.command()
+@click.argument("job_id", shell_complete=_complete_job_ids)
+@_client_options
+def run(job_id: str, socket_path: str | None, timeout: float) -> None:
+    """Run a job now, whatever its schedule says (the record has "manual": true).
+
+    Example: taskd run nightly-report
+    """
+    _say("run", _ask(socket_path, timeout, "run", job_id=job_id))
+
+
+@main.command()
+@_client_options
+def reload(socket_path: str | None, timeout: float) -> None:
+    """Rescan the jobs directory now (as SIGHUP does).
+
+    Example: taskd reload --socket /run/taskd/taskd.sock
+    """
+    _say("reload", _ask(socket_path, timeout, "reload"))
+
+
+@main.command()
+@_client_options
+def stop(socket_path: str | None, timeout: float) -> None:
+    """Stop the daemon gracefully (as SIGTERM does).
+
+    Example: taskd stop
+    """
+    _say("stop", _ask(socket_path, timeout, "stop"))
+
+
+def _say(name: str, result: dict[str, Any]) -> None:
+    from supervisor.commands import COMMANDS
+
+    click.echo(COMMANDS[name].console_msg(result))
 
 
 def _check_jobs_dir(path: str) -> None:

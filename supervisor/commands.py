@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 WIDTH = 80
 STATUS_LIMIT = 50  # jobs (and file errors) in the human status view
 _NEVER = datetime.max.replace(tzinfo=UTC)
+_KINDS = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def ok(result: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +45,7 @@ class Command:
             if kind is None:
                 return f"{self.name}: unknown argument {key!r}"
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                return f"{self.name}: argument {key!r} must be a {kind.__name__}"
+                return f"{self.name}: argument {key!r} must be {_KINDS[kind]}"
         missing = [key for key in self.required if key not in args]
         return f"{self.name}: missing argument {missing[0]!r}" if missing else None
 
@@ -76,7 +77,7 @@ class Status(Command):
                     zone: tzinfo | None = None) -> str:
         view = _View(now or datetime.now(UTC), zone)
         lines = view.status(result) if "workers" in result else view.job(result)
-        return "\n".join(view.fit(line) for line in lines)
+        return "\n".join(view.fit(line).rstrip() for line in lines)
 
 
 class Run(Command):
@@ -179,11 +180,13 @@ class _View:
         shown = sorted(jobs, key=_by_next_run)[:STATUS_LIMIT]
         lines += ["", f"JOBS ({jobs_total}, soonest first; times in "
                       f"{self.now.astimezone(self.zone).tzname()})",
-                  f"  {'JOB ID':<18} {'SCHEDULE (ZONE)':<20} {'NEXT RUN':<20} LAST RUN"]
+                  f"  {'JOB ID':<17} {'SCHEDULE (ZONE)':<22} {'NEXT RUN':<19} LAST RUN"]
         for job in shown:
-            lines.append(f"  {self.cell(job['job_id'], 18)} "
-                         f"{self.cell(job['schedule'] + ' ' + job['timezone'], 20)} "
-                         f"{self.cell(self.next_run(job), 20)} {self.last_run(job)}")
+            # The zone's last part ("Berlin"): the full name is in `status JOB_ID`.
+            zone = job["timezone"].rsplit("/", 1)[-1]
+            lines.append(f"  {self.cell(job['job_id'], 17)} "
+                         f"{self.cell(job['schedule'] + ' ' + zone, 22)} "
+                         f"{self.cell(self.next_run(job), 19)} {self.last_run(job)}")
         if jobs_total > len(shown):
             lines.append(f"  … and {jobs_total - len(shown)} more (use --json)")
         if errors_total:

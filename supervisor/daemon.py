@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 
+from supervisor.commands import dispatch
+from supervisor.control_server import ControlServer, ControlSocketError
 from supervisor.coordinator import Coordinator, DaemonOptions
 from supervisor.diagnostics import Diagnostics
 from supervisor.logger_process import LoggerLink
@@ -25,6 +28,16 @@ _PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_c
 
 
 def run_daemon(options: DaemonOptions) -> int:
+    control = None
+    if options.socket_path is not None:
+        # First of all: a second daemon on the same socket must not start anything.
+        control = ControlServer(options.socket_path, lambda request: dispatch(coordinator, request),
+                                group=options.socket_group)
+        try:
+            control.open()
+        except ControlSocketError as error:
+            print(f"taskd: --socket: {error}", file=sys.stderr)
+            return 2
     diagnostics = Diagnostics()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
@@ -36,11 +49,12 @@ def run_daemon(options: DaemonOptions) -> int:
                              "old_pid": pid, "exitcode": code}))
     watcher = DirectoryWatcher(options.jobs_dir)
     coordinator = Coordinator(options, queue=pool, logger=logger, watcher=watcher,
-                              diagnostics=diagnostics, notifier=Notifier())
+                              diagnostics=diagnostics, notifier=Notifier(), control=control)
     # Signals first: a SIGTERM that arrives while children start is not lost.
     coordinator.install_signal_handlers()
     diagnostics.emit({"event": "starting", "level": "info", "pid": os.getpid(),
                       "workers": options.workers, "jobs_dir": options.jobs_dir,
+                      "socket": options.socket_path,
                       "timezone": options.timezone, "log_file": options.log_file})
     try:
         logger.start()
@@ -55,6 +69,8 @@ def run_daemon(options: DaemonOptions) -> int:
                           "traceback": traceback.format_exc()})
         pool.kill_all("coordinator failed")
         logger.kill()
+        if control is not None:
+            control.close()
         return 1
     return 0
 

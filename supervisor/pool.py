@@ -32,6 +32,9 @@ from workers.worker_main import worker_main
 FLAP_DEATHS = 5
 FLAP_WINDOW_S = 10.0
 FLAP_PAUSE_S = 2.0
+# A busy worker sends a heartbeat every second (workers.worker_main); one not heard from
+# for this long is stopped or wedged: it is killed and replaced, its run recorded lost.
+HEARTBEAT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -45,6 +48,7 @@ class WorkerSlot:
     started_at: datetime | None = None  # when the current execution was handed over
     deaths: deque[float] = field(default_factory=lambda: deque(maxlen=FLAP_DEATHS))
     restart_at: float | None = None  # monotonic; set while paused after flapping
+    last_heard: float = 0.0  # monotonic; last message from the worker while busy
     spawns: int = 0
 
     @property
@@ -64,7 +68,9 @@ class WorkerPool:
         context: BaseContext | None = None,
         monotonic: Callable[[], float],
         on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self.context = context or multiprocessing.get_context("forkserver")
         self.slots = [WorkerSlot(worker_id=i + 1) for i in range(size)]
         self.pending: deque[Execution] = deque()
@@ -174,7 +180,9 @@ class WorkerPool:
                 self._spawn(slot)
             return
         assert slot.channel is not None
+        now = self.monotonic()
         for message in slot.channel.receive():
+            slot.last_heard = now
             record = message.get("result") if isinstance(message, dict) else None
             if record is None or slot.execution is None:
                 continue
@@ -182,6 +190,14 @@ class WorkerPool:
                 self._finished.append(record)
                 slot.execution = None
                 slot.started_at = None
+        if (slot.execution is not None and slot.process.exitcode is None
+                and now - slot.last_heard > self.heartbeat_timeout_s):
+            self.on_event({"event": "worker_unresponsive", "level": "error",
+                           "worker": slot.worker_id, "pid": slot.process.pid,
+                           "job_id": slot.execution.job_id,
+                           "silent_for_s": round(now - slot.last_heard, 1)})
+            _send_signal(slot.process, signal.SIGKILL)
+            slot.process.join(timeout=5)
         if slot.channel.closed or slot.process.exitcode is not None:
             self._on_death(slot, respawn=respawn)
 
@@ -253,6 +269,7 @@ class WorkerPool:
                 execution = self.pending.popleft()
                 slot.execution = execution
                 slot.started_at = datetime.now(UTC)
+                slot.last_heard = self.monotonic()
                 slot.channel.send({"run": execution.to_message()})
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,13 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def run_client(*args: str, timeout: float = 30.0,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``taskd ARGS...`` in a process of its own: exit code, stdout and stderr as text."""
+    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
 class Daemon:
     def __init__(self, base: Path, *, workers: int = 2, args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
@@ -88,6 +96,9 @@ class Daemon:
         self.args = args
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.socket = base / "taskd.sock"
+        if len(str(self.socket)) > 100:  # AF_UNIX paths are limited to 107 bytes
+            self.socket = Path(tempfile.mkdtemp(prefix="taskd-")) / "taskd.sock"
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -112,6 +123,8 @@ class Daemon:
         command = [sys.executable, "-m", "supervisor", "start", "--workers", str(self.workers),
                    "--jobs-dir", str(self.jobs), "--log-file", str(self.log),
                    "--timezone", "UTC", *self.args]
+        if "--socket" not in self.args:
+            command += ["--socket", str(self.socket)]
         with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=err,
                                             stdin=subprocess.DEVNULL, env=env)
@@ -138,6 +151,10 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def client(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a client command (``status``, ``run JOB``...) against this daemon's socket."""
+        return run_client(*args, "--socket", str(self.socket), timeout=timeout)
 
     # -- what it wrote -------------------------------------------------------------
 

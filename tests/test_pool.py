@@ -124,3 +124,38 @@ def test_many_kills_in_a_row_never_stall_the_pool(pool):
     pump(pool, records, lambda: records)
     assert records[0]["status"] == "SUCCESS"
     assert pool.alive() == 2
+
+
+def test_stopped_busy_worker_is_noticed_by_its_silence_and_replaced():
+    events: list[dict] = []
+    pool = WorkerPool(1, context=CONTEXT, monotonic=time.monotonic, on_event=events.append,
+                      heartbeat_timeout_s=1.5)
+    pool.start()
+    try:
+        records: list = []
+        pool.put(execution("sleep 30", job_id="held"))
+        slot = pool.slots[0]
+        pump(pool, records, lambda: slot.execution is not None and slot.last_heard)
+        old_pid = slot.process.pid
+        os.kill(old_pid, signal.SIGSTOP)
+        pump(pool, records, lambda: records)
+        assert [(r["job_id"], r["error"]) for r in records] == [("held", "worker lost")]
+        assert [e["event"] for e in events][:2] == ["worker_unresponsive", "worker_died"]
+        assert not pid_alive(old_pid)
+        pool.put(execution("echo alive"))
+        pump(pool, records, lambda: len(records) == 2)
+        assert records[1]["status"] == "SUCCESS"
+    finally:
+        pool.kill_all("test over")
+
+
+def test_busy_worker_heartbeats_keep_a_long_run_alive():
+    pool = WorkerPool(1, context=CONTEXT, monotonic=time.monotonic, heartbeat_timeout_s=1.5)
+    pool.start()
+    try:
+        records: list = []
+        pool.put(execution("sleep 3.5; echo done"))
+        pump(pool, records, lambda: records)
+        assert (records[0]["status"], records[0]["output_tail"]) == ("SUCCESS", "done\n")
+    finally:
+        pool.kill_all("test over")
