@@ -51,9 +51,17 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
 @click.option("--socket-group", default=None, metavar="GROUP",
               help="Make the control socket 0660 and owned by this group (name or gid), "
                    "so its members may use the client commands.")
+@click.option("--metrics-port", default=None, metavar="PORT", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port (off by default).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address the metrics endpoint listens on.")
+@click.option("--allow-insecure-files", is_flag=True,
+              help="As root, also accept job files not owned by root or writable by "
+                   "group or others (cron refuses them; see docs/SECURITY.md).")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
-          socket_group: str | None) -> None:
+          socket_group: str | None, metrics_port: int | None, metrics_address: str,
+          allow_insecure_files: bool) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
@@ -70,7 +78,9 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
                             log_file=log_file and os.path.abspath(log_file), timezone=zone_name,
                             misfire_grace_s=misfire_grace, grace_period_s=grace_period,
                             socket_path=os.path.abspath(socket_path or default_socket_path()),
-                            socket_group=socket_group)
+                            socket_group=socket_group, metrics_port=metrics_port,
+                            metrics_address=metrics_address,
+                            allow_insecure_files=allow_insecure_files)
     sys.exit(run_daemon(options))
 
 
@@ -189,21 +199,26 @@ def _check_log_file(path: str) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--timezone", "zone", default=None,
               help="Zone for jobs that name none (default: the host's zone).")
-def validate(paths: tuple[str, ...], zone: str | None) -> None:
+@click.option("--allow-insecure-files", is_flag=True,
+              help="As root, do not apply cron's ownership rule (as the daemon's option).")
+def validate(paths: tuple[str, ...], zone: str | None, allow_insecure_files: bool) -> None:
     """Check job files or directories without a daemon; exit 1 if any is invalid.
+
+    Run as root, it applies the rule a root daemon applies: job files must be owned by
+    root and not writable by group or others.
 
     Example: taskd validate conf/jobs.d
     """
     default_zone = _zone_or_exit(zone)
     problems = 0
     for path in paths:
-        for line, ok in _validate_path(path, default_zone):
+        for line, ok in _validate_path(path, default_zone, not allow_insecure_files):
             click.echo(line, err=not ok)
             problems += not ok
     sys.exit(1 if problems else 0)
 
 
-def _validate_path(path: str, default_zone: str):
+def _validate_path(path: str, default_zone: str, trusted_only: bool):
     """(message, ok) pairs for one argument: a job file or a directory of them."""
     if os.path.isdir(path):
         try:
@@ -221,7 +236,7 @@ def _validate_path(path: str, default_zone: str):
     claimed: dict[str, str] = {}
     for file in files:
         try:
-            job = read_job_file(file, default_zone=default_zone)
+            job = read_job_file(file, default_zone=default_zone, trusted_only=trusted_only)
         except JobFileError as error:
             yield str(error), False
             continue

@@ -141,14 +141,17 @@ def _no_job(job_id: str) -> dict[str, Any]:
 
 
 def _by_next_run(job: dict[str, Any]) -> tuple[datetime, str]:
-    return (_parse(job.get("next_run")) or _NEVER, job["job_id"])
+    """Soonest first; disabled jobs and finished one-time jobs last."""
+    due = _parse(job.get("next_run")) if job.get("enabled", True) else None
+    return (due or _NEVER, job["job_id"])
 
 
 def _parse(text: str | None) -> datetime | None:
     try:
-        return datetime.fromisoformat(text) if text else None
+        moment = datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
 class _View:

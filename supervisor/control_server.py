@@ -199,8 +199,8 @@ class ControlServer:
         while client.outbuf is None:
             wanted = self._bytes_wanted(client)
             if wanted < 0:
-                self._answer(client, {"ok": False, "error": (
-                    f"request too large (over {self.max_request_bytes} bytes)")})
+                self._answer(client, encode_frame({"ok": False, "error": (
+                    f"request too large (over {self.max_request_bytes} bytes)")}))
             elif wanted == 0:
                 self._answer(client, self._handle(bytes(client.inbuf[HEADER.size:])))
             else:
@@ -224,23 +224,24 @@ class ControlServer:
             return -1
         return HEADER.size + length - len(client.inbuf)
 
-    def _handle(self, payload: bytes) -> dict[str, Any]:
+    def _handle(self, payload: bytes) -> bytes:
+        """The response frame for one request payload; the handler's errors included."""
         try:
             request = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return {"ok": False, "error": "bad request: not UTF-8 JSON"}
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+            return encode_frame({"ok": False, "error": "bad request: not UTF-8 JSON"})
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-            return {"ok": False, "error": "bad request: expected an object with a command"}
+            return encode_frame({"ok": False,
+                                 "error": "bad request: expected an object with a command"})
         try:
-            response = self.handler(request)
-            encode_frame(response)  # a response that cannot be sent is our error too
+            return encode_frame(self.handler(request))
         except Exception as error:
-            return {"ok": False, "error": f"internal error: {type(error).__name__}: {error}"}
-        return response
+            return encode_frame({"ok": False,
+                                 "error": f"internal error: {type(error).__name__}: {error}"})
 
-    def _answer(self, client: _Client, response: dict[str, Any]) -> None:
+    def _answer(self, client: _Client, frame: bytes) -> None:
         client.inbuf = bytearray()
-        client.outbuf = memoryview(encode_frame(response))
+        client.outbuf = memoryview(frame)
         client.deadline = self.clock() + self.client_timeout_s
 
     def _send(self, client: _Client) -> bool:

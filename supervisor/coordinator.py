@@ -69,13 +69,15 @@ class DaemonOptions:
     socket_group: str | None = None
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    allow_insecure_files: bool = False
 
 
 class Coordinator:
     def __init__(self, options: DaemonOptions, *, queue: ExecutionQueue, logger: Any,
                  watcher: Any, clock: Clock | None = None,
                  diagnostics: Diagnostics | None = None,
-                 notifier: Notifier | None = None, control: Any = None) -> None:
+                 notifier: Notifier | None = None, control: Any = None,
+                 metrics: Any = None) -> None:
         self.options = options
         self.queue = queue
         self.logger = logger
@@ -84,8 +86,11 @@ class Coordinator:
         self.diagnostics = diagnostics or Diagnostics()
         self.notifier = notifier or Notifier()
         self.control = control  # the control socket server, when there is one
+        self.metrics = metrics  # Prometheus metrics, when --metrics-port is given
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
-        self.reconciler = Reconciler(partial(read_job_file, default_zone=options.timezone))
+        self.reconciler = Reconciler(partial(
+            read_job_file, default_zone=options.timezone,
+            trusted_only=not options.allow_insecure_files))
         self.started_at = self.clock.now()
         self.stopping = False
         self.stop_now = False
@@ -118,6 +123,7 @@ class Coordinator:
                    "worker_pids": self.queue.worker_pids(), "logger_pid": self.logger.pid,
                    "jobs_dir": self.options.jobs_dir})
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        self._update_gauges()
 
     # -- the loop --------------------------------------------------------------------
 
@@ -140,6 +146,14 @@ class Coordinator:
         self._collect(self.queue.service())
         self.logger.pump()
         self._keep_alive()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_gauges(
+                queue_depth=self.queue.depth(), busy_workers=len(self.queue.busy()),
+                workers=self.options.workers, invalid_files=len(self.reconciler.errors()),
+                jobs=len(self.schedule.jobs))
 
     def _keep_alive(self) -> None:
         mono = self.clock.monotonic()
@@ -246,6 +260,8 @@ class Coordinator:
     def _collect(self, records: list[dict[str, Any]]) -> None:
         for record in records:
             self.schedule.run_finished(record)
+            if self.metrics is not None:
+                self.metrics.record_execution(record)
             self.counters["executions"] += 1
             self.counters["success" if record["status"] == "SUCCESS" else "failure"] += 1
             self.logger.submit(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -19,9 +20,14 @@ from supervisor.control_server import ControlServer, ControlSocketError
 from supervisor.coordinator import Coordinator, DaemonOptions
 from supervisor.diagnostics import Diagnostics
 from supervisor.logger_process import LoggerLink
+from supervisor.metrics import Metrics
 from supervisor.pool import WorkerPool
 from supervisor.sd_notify import Notifier
 from supervisor.watcher import DirectoryWatcher
+from workers.execution import new_run_id
+from workers.run_processes import find_processes_with_env, signal_processes
+
+INSTANCE_VARIABLE = "TASKD_INSTANCE"
 
 _PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command",
             "supervisor.logger_process"]
@@ -36,25 +42,48 @@ def run_daemon(options: DaemonOptions) -> int:
         try:
             control.open()
         except ControlSocketError as error:
-            print(f"taskd: --socket: {error}", file=sys.stderr)
+            print(f"taskd: cannot open the control socket: {error}", file=sys.stderr)
             return 2
     diagnostics = Diagnostics()
+    metrics = Metrics() if options.metrics_port is not None else None
+    metrics_port = None
+    if metrics is not None:
+        try:  # before any child starts: a port in use is a usage error
+            metrics_port = metrics.start_http(options.metrics_port, options.metrics_address)
+        except OSError as error:
+            print(f"taskd: --metrics-port {options.metrics_port}: {error.strerror or error}",
+                  file=sys.stderr)
+            if control is not None:
+                control.close()
+            return 2
+
+    def on_pool_event(event: dict) -> None:
+        diagnostics.emit(event)
+        if metrics is not None and event["event"] == "worker_restarted":
+            metrics.worker_restarted()
+
+    def on_logger_restart(pid: int, code: int | None) -> None:
+        diagnostics.emit({"event": "logger_restarted", "level": "warning", "old_pid": pid,
+                          "exitcode": code})
+        if metrics is not None:
+            metrics.logger_restarted()
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
-    pool = WorkerPool(options.workers, context=context,
-                            monotonic=time.monotonic, on_event=diagnostics.emit)
+    pool = WorkerPool(options.workers, context=context, monotonic=time.monotonic,
+                      on_event=on_pool_event)
     logger = LoggerLink(context, options.log_file, coordinator_pid=os.getpid(),
-                        on_restart=lambda pid, code: diagnostics.emit(
-                            {"event": "logger_restarted", "level": "warning",
-                             "old_pid": pid, "exitcode": code}))
+                        on_restart=on_logger_restart)
     watcher = DirectoryWatcher(options.jobs_dir)
     coordinator = Coordinator(options, queue=pool, logger=logger, watcher=watcher,
-                              diagnostics=diagnostics, notifier=Notifier(), control=control)
+                              diagnostics=diagnostics, notifier=Notifier(), control=control,
+                              metrics=metrics)
+    _prepare_child_environment()
     # Signals first: a SIGTERM that arrives while children start is not lost.
     coordinator.install_signal_handlers()
     diagnostics.emit({"event": "starting", "level": "info", "pid": os.getpid(),
                       "workers": options.workers, "jobs_dir": options.jobs_dir,
-                      "socket": options.socket_path,
+                      "socket": options.socket_path, "metrics_port": metrics_port,
                       "timezone": options.timezone, "log_file": options.log_file})
     try:
         logger.start()
@@ -72,5 +101,44 @@ def run_daemon(options: DaemonOptions) -> int:
         if control is not None:
             control.close()
         return 1
+    finally:
+        _kill_leftovers(diagnostics)
+        if metrics is not None:
+            metrics.stop_http()
     return 0
 
+
+def _prepare_child_environment() -> None:
+    """What every worker, and so every task, inherits from here on.
+
+    ``TASKD_INSTANCE`` marks every process this daemon's tasks start, so the ones left
+    running in the background by a finished run can still be found when taskd stops.
+    systemd's notify variables are for the coordinator only: a task that speaks the
+    protocol would otherwise talk to systemd in taskd's name.
+    """
+    os.environ[INSTANCE_VARIABLE] = new_run_id()
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(name, None)
+
+
+def _kill_leftovers(diagnostics: Diagnostics) -> None:
+    """No process of a task outlives the daemon: kill what finished runs left behind."""
+    instance = os.environ.get(INSTANCE_VARIABLE)
+    if not instance:
+        return
+    # multiprocessing's own helpers (the fork server, its resource tracker) carry the mark
+    # too, since the workers inherit it from them; they are idle by now and exit with us.
+    pids = [pid for pid in find_processes_with_env(INSTANCE_VARIABLE, instance)
+            if not _is_multiprocessing_helper(pid)]
+    signal_processes(pids, signal.SIGKILL)
+    if pids:
+        diagnostics.emit({"event": "leftovers_killed", "level": "warning", "pids": pids})
+
+
+
+def _is_multiprocessing_helper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"from multiprocessing." in handle.read()
+    except OSError:
+        return False

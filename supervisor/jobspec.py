@@ -16,27 +16,39 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from supervisor.cron_expr import CronSyntaxError
+from supervisor.file_trust import untrusted_reason
 from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
-from supervisor.zones import UnknownZoneError, zone_named
+from supervisor.zones import UTC, UnknownZoneError, zone_named
 from workers.task_type import TaskParamsError, UnknownTaskType, task_type_named
 
 MAX_FILE_BYTES = 1024 * 1024
+MAX_REASON_CHARS = 500  # an error message stays one readable line
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KNOWN_KEYS = ("job_id", "description", "schedule", "timezone", "task", "timeout_s",
               "overlap", "enabled")
 OVERLAP_POLICIES = ("allow", "skip")
 _TIMESTAMP_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+_KEY_FIRST = re.compile(r"\w+[.:]")  # a message that starts with the key it is about
+# A one-time instant is later shown in any zone (status, ``taskd next``): keep a day clear
+# of datetime's limits so that never overflows.
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+# Characters json.dumps(ensure_ascii=False) leaves as they are but that cannot be one line
+# of UTF-8 text: line and paragraph separators, NEL, and lone surrogates.
+_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 class JobFileError(ValueError):
     """A job file that cannot be used. ``str()`` is the one-line message."""
 
     def __init__(self, file: str, reason: str) -> None:
+        if len(reason) > MAX_REASON_CHARS:  # quoting a value a megabyte long, say
+            reason = reason[:MAX_REASON_CHARS - 3] + "..."
         super().__init__(f"{file}: {reason}")
         self.file = file
         self.reason = reason
@@ -61,11 +73,19 @@ class JobSpec:
         return isinstance(self.trigger, OneTimeTrigger)
 
 
-def read_job_file(path: str, *, default_zone: str) -> JobSpec:
-    """Read, decode and validate one job file; JobFileError for anything unusable."""
+def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -> JobSpec:
+    """Read, decode and validate one job file; JobFileError for anything unusable.
+
+    ``trusted_only``: refuse files that fail cron's ownership rule (see file_trust).
+    """
     try:
         with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+            st = os.fstat(handle.fileno())  # the file we read, even through a symlink
+            if trusted_only:
+                reason = untrusted_reason(st, daemon_uid=os.geteuid())
+                if reason is not None:
+                    raise JobFileError(path, reason)
+            size = st.st_size
             if size > MAX_FILE_BYTES:
                 raise JobFileError(path, f"larger than 1 MiB ({size} bytes)")
             data = handle.read(MAX_FILE_BYTES + 1)
@@ -82,13 +102,16 @@ def parse_job(data: bytes, file: str, *, default_zone: str) -> JobSpec:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise JobFileError(file, f"not UTF-8 text (invalid byte at offset {error.start})") from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (RFC 8259: may be ignored)
     try:
         document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise JobFileError(file, f"not valid JSON: {error.msg} (line {error.lineno}, "
                                  f"column {error.colno})") from None
-    except ValueError as error:
+    except _BadDocument as error:
         raise JobFileError(file, f"not valid JSON: {error}") from None
+    except ValueError:  # int() refuses numerals of more than 4300 digits
+        raise JobFileError(file, "not valid JSON: a number has too many digits") from None
     except RecursionError:
         raise JobFileError(file, "not valid JSON: nested too deeply") from None
     return job_from_document(document, file, default_zone=default_zone)
@@ -128,6 +151,9 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
     description = document.get("description")
     if description is not None and not isinstance(description, str):
         raise JobFileError(file, f"description: must be a string, got {_show(description)}")
+    if description is not None and not _is_unicode(description):
+        raise JobFileError(file, "description: must be valid Unicode text (it has a lone "
+                                 "surrogate escape such as \\ud800)")
 
     return JobSpec(
         job_id=sys.intern(job_id),
@@ -168,8 +194,15 @@ def _timestamp(text: str, zone_name: str) -> datetime:
     except ValueError:
         raise ScheduleError(f"schedule {_show(text)}: not a valid ISO 8601 timestamp "
                             f"(expected e.g. 2025-10-26T15:00:00Z)") from None
-    if moment.tzinfo is None:
-        return local_wall_to_utc(moment, zone_named(zone_name))
+    try:
+        if moment.tzinfo is None:
+            moment = local_wall_to_utc(moment, zone_named(zone_name))
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # within a few hours of year 1 or year 9999
+        moment = _LATEST + timedelta(days=1)
+    if not _EARLIEST <= moment <= _LATEST:
+        raise ScheduleError(f"schedule {_show(text)}: out of the supported range of dates "
+                            f"(0001-01-02 to 9999-12-30)")
     return moment
 
 
@@ -187,18 +220,24 @@ def _task(task: Any, file: str) -> tuple[str, Mapping[str, Any]]:
     try:
         normalized = task_class.validate(params)
     except TaskParamsError as error:
-        raise JobFileError(file, f"task.{error}") from None
+        # "command: ..." becomes "task.command: ..."; "unknown key ..." "task: unknown key ..."
+        joint = "." if _KEY_FIRST.match(str(error)) else ": "
+        raise JobFileError(file, f"task{joint}{error}") from None
     return sys.intern(type_name), MappingProxyType(dict(normalized))
 
 
 def _timeout(value: Any, file: str) -> float | None:
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value <= 0):
-        raise JobFileError(file, f"timeout_s: must be a positive number of seconds, got "
-                                 f"{_show(value)}")
-    return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)  # OverflowError for an int beyond any float
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    raise JobFileError(file, f"timeout_s: must be a positive number of seconds, got "
+                             f"{_show(value)}")
 
 
 def _choice(document: dict, key: str, allowed: tuple[str, ...], default: str, file: str) -> str:
@@ -219,20 +258,33 @@ def _flag(document: dict, key: str, default: bool, file: str) -> bool:
 def _unknown_key_message(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return f'unknown key "{key}"{hint}; keys starting with "_" are free for comments'
+    return f'unknown key {_show(key)}{hint}; keys starting with "_" are free for comments'
+
+
+class _BadDocument(ValueError):
+    """Raised from the JSON decoder's hooks; the message is the reason."""
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f'duplicate key "{key}"')
+            raise _BadDocument(f"duplicate key {_show(key)}")
         result[key] = value
     return result
 
 
 def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise _BadDocument(f"{name} is not a number JSON allows")
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:
@@ -242,5 +294,10 @@ def _json_type(value: Any) -> str:
 
 def _show(value: Any) -> str:
     """A value as it would appear in the JSON file, shortened for one-line messages."""
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):  # nested deeper than the encoder goes
+        text = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
+    # Escaped as JSON would (\u2028): the message stays one line of valid UTF-8.
+    text = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     return text if len(text) <= 60 else text[:57] + "..."

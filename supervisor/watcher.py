@@ -51,13 +51,15 @@ _STOP_TIMEOUT_S = 5.0
 class DirectoryWatcher:
     def __init__(self, directory: str, *, settle_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic, force_polling: bool = False,
-                 poll_interval_s: float = 1.0) -> None:
+                 poll_interval_s: float = 1.0, health_interval_s: float = 1.0) -> None:
         self.directory = directory
         self.polling = False  # whether the running observer polls instead of using inotify
         self._settle_s = settle_s
         self._clock = clock
         self._force_polling = force_polling
         self._poll_interval_s = poll_interval_s
+        self._health_interval_s = health_interval_s
+        self._next_health_check = clock()
         self._lock = threading.Lock()  # guards the fields the observer thread writes
         self._pending: dict[str, float] = {}  # path -> time of its last event
         self._wake_pending = False
@@ -104,6 +106,17 @@ class DirectoryWatcher:
             self._watch_lost = self._watch_lost or lost
             self._wake()
 
+    def events_lost(self) -> None:
+        """The kernel's event queue overflowed: only a full rescan can tell what changed.
+        Said once per rescan (not per lost batch), so an operator sees why it happened."""
+        with self._lock:
+            if not self._rescan_needed:
+                self._diagnostics.append({"event": "watcher_overflow", "level": "warning",
+                                          "directory": self.directory,
+                                          "reason": "kernel event queue overflowed; "
+                                                    "rescanning the directory"})
+        self.need_rescan()
+
     def _wake(self) -> None:
         """With the lock held: one byte per wakeup, not one per event of a burst."""
         if not self._wake_pending:
@@ -142,10 +155,24 @@ class DirectoryWatcher:
                 return None
             return min(self._pending.values()) + self._settle_s
 
-    def take_rescan_needed(self) -> bool:
+    def take_rescan_needed(self, now: float | None = None) -> bool:
+        """Whether the caller must rescan the whole directory: the observer saw it go or
+        the kernel queue overflow, or the watch itself had to be restarted.
+
+        The coordinator asks every loop step, so the health of the watch is checked here
+        too, at most every ``health_interval_s`` (a stat and two thread checks). A
+        directory deleted and recreated, swapped by ``ln -sfn`` or an observer that died
+        leaves no event behind; waiting for the safety-net rescan to call
+        ``health_check`` would leave the daemon blind to new files for that long.
+        """
+        when = self._clock() if now is None else now
+        restarted = False
+        if when >= self._next_health_check:
+            self._next_health_check = when + self._health_interval_s
+            restarted = self.health_check()
         with self._lock:
             needed, self._rescan_needed = self._rescan_needed, False
-        return needed
+        return needed or restarted
 
     def drain_diagnostics(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -269,7 +296,7 @@ class _OverflowWatch(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
             for watcher in list(self.watchers):
-                watcher.need_rescan()
+                watcher.events_lost()
 
 
 _OVERFLOW_WATCH = _OverflowWatch()

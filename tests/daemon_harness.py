@@ -97,7 +97,9 @@ class Daemon:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.socket = base / "taskd.sock"
-        if len(str(self.socket)) > 100:  # AF_UNIX paths are limited to 107 bytes
+        if "--socket" in args:
+            self.socket = Path(args[args.index("--socket") + 1])
+        elif len(str(self.socket)) > 100:  # AF_UNIX paths are limited to 107 bytes
             self.socket = Path(tempfile.mkdtemp(prefix="taskd-")) / "taskd.sock"
 
     # -- jobs ----------------------------------------------------------------------

@@ -198,6 +198,7 @@ def test_wait_objects_wake_the_loop_on_a_connection(server, path):
     (frame([1, 2, 3]), "expected an object with a command"),
     (frame({"args": {}}), "expected an object with a command"),
     (struct.pack(">I", 0), "not UTF-8 JSON"),
+    (struct.pack(">I", 60000) + b"[" * 60000, "not UTF-8 JSON"),  # RecursionError
 ])
 def test_garbage_is_answered_with_an_error_and_closed(server, path, raw, error):
     response = exchange(server, path, raw)
@@ -275,7 +276,7 @@ def test_over_max_clients_the_newest_is_closed_at_once(path, clock):
     response = response_of(read_until_closed(server, extra))
     assert response["ok"] is False and "too many" in response["error"]
     assert len(server.clients) == 4
-    for sock in idle + [extra]:
+    for sock in [*idle, extra]:
         sock.close()
     server.close()
 

@@ -224,3 +224,27 @@ def _cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_shutdown_kills_what_finished_runs_left_in_the_background(daemon, tmp_path):
+    marker = tmp_path / "leftover.pid"
+    daemon.write_job("bg.json", schedule=iso(1), command=f"sleep 300 & echo $! > {marker}")
+    daemon.start()
+    assert daemon.wait_records("bg")[0]["status"] == "SUCCESS"
+    leftover = int(marker.read_text())
+    assert pid_alive(leftover)  # as cron: a finished job's background process is left alone
+    assert daemon.stop() == 0
+    wait_until(lambda: not pid_alive(leftover), 2, message="leftover killed at shutdown")
+    assert daemon.events("leftovers_killed")[0]["pids"] == [leftover]
+
+
+def test_jobs_do_not_inherit_systemds_notify_socket(tmp_path):
+    daemon = Daemon(tmp_path)
+    daemon.write_job("env.json", schedule=iso(1),
+                     command='echo "[$NOTIFY_SOCKET][$TASKD_INSTANCE]"')
+    daemon.start()
+    try:
+        tail = daemon.wait_records("env")[0]["output_tail"]
+        assert tail.startswith("[][") and len(tail.strip()) > 4
+    finally:
+        daemon.kill()

@@ -193,3 +193,33 @@ def test_a_port_in_use_raises_oserror() -> None:
         with pytest.raises(OSError):
             metrics.start_http(taken.getsockname()[1])
         metrics.stop_http()  # nothing started: a no-op
+
+
+@pytest.mark.slow
+def test_daemon_serves_metrics_when_asked(tmp_path):
+    from tests.daemon_harness import Daemon, wait_until
+
+    daemon = Daemon(tmp_path, args=("--metrics-port", "0"))
+    daemon.write_job("ok.json", command="true")
+    daemon.write_job("bad.json", command="exit 1")
+    daemon.write_raw("broken.json", "{")
+    daemon.start()
+    try:
+        port = daemon.events("starting")[0]["metrics_port"]
+        daemon.wait_records("bad", count=2)
+
+        def scraped() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text) for s in family.samples}
+
+        samples = wait_until(lambda: (s := scraped()) and s.get(
+            ("taskd_executions_total", (("job_id", "bad"), ("status", "FAILURE"))), 0) >= 2
+            and s)
+        assert samples[("taskd_invalid_job_files", ())] == 1
+        assert samples[("taskd_jobs", ())] == 2
+        assert samples[("taskd_execution_duration_seconds_count", ())] >= 4
+        assert samples[("taskd_dispatch_lag_seconds_count", ())] >= 4
+    finally:
+        daemon.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,8 @@ from workers.command_runner import run_command
 from workers.task_type import RunContext, TaskOutcome, TaskParamsError, TaskType
 
 _KNOWN_KEYS = ("command", "env", "cwd")
+# Left as they are by json.dumps(ensure_ascii=False) but no part of one line of UTF-8 text.
+_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 class ExecuteCommand(TaskType):
@@ -56,6 +59,8 @@ def _non_empty_string(key: str, value: Any) -> str:
         raise TaskParamsError(f"{key}: must be a non-empty string, got {_show(value)}")
     if "\0" in value:  # exec() cannot pass it; better said now than at run time
         raise TaskParamsError(f"{key}: must not contain a NUL character")
+    if not _is_unicode(value):
+        raise TaskParamsError(f"{key}: must be valid Unicode text")
     return value
 
 
@@ -71,17 +76,35 @@ def _environment(env: Any) -> dict[str, str]:
             raise TaskParamsError(
                 f"env: variable name {_show(name)} must not contain '=' or a NUL character"
             )
+        if not _is_unicode(name):
+            raise TaskParamsError(f"env: variable name {_show(name)} must be valid Unicode text")
+        where = f"env.{name}" if name.isprintable() else f"env.{_show(name)}"  # one line
         if not isinstance(value, str):
-            raise TaskParamsError(f"env.{name}: must be a string, got {_show(value)}")
+            raise TaskParamsError(f"{where}: must be a string, got {_show(value)}")
         if "\0" in value:
-            raise TaskParamsError(f"env.{name}: must not contain a NUL character")
+            raise TaskParamsError(f"{where}: must not contain a NUL character")
+        if not _is_unicode(value):
+            raise TaskParamsError(f"{where}: must be valid Unicode text")
     return dict(env)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate ("\\ud800" is JSON, but no UTF-8 text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(value: Any) -> str:
     """A value as the user wrote it in JSON, cut short to keep the message one line."""
     try:
-        shown = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        shown = repr(value)
+        try:
+            shown = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            shown = repr(value)
+    except RecursionError:  # nested deeper than the encoder goes
+        shown = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
+    shown = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", shown)
     return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -31,6 +31,10 @@ DEFAULT_TIMEOUT_S = 30.0
 _READ_CHUNK = 65536
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field name
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # whitespace and control characters
+# Left as they are by json.dumps(ensure_ascii=False) but no part of one line of UTF-8 text.
+_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+# socket timeouts past about 1e9 s raise OverflowError; a longer wait is the same as forever.
+_MAX_WAIT_S = 365 * 86400.0
 
 
 class HttpRequest(TaskType):
@@ -80,6 +84,7 @@ class HttpRequest(TaskType):
         timeout = float(params.get("timeout_s", DEFAULT_TIMEOUT_S))
         if context.timeout_s is not None:
             timeout = min(timeout, float(context.timeout_s))
+        timeout = min(timeout, _MAX_WAIT_S)
         if context.stop_requested():
             return TaskOutcome(False, error="shutdown")
         body = params.get("body")
@@ -135,7 +140,8 @@ class HttpRequest(TaskType):
 
 
 def _url(url: Any) -> str:
-    problem = not isinstance(url, str) or _UNSAFE.search(url) is not None
+    problem = (not isinstance(url, str) or _UNSAFE.search(url) is not None
+               or _UNSHOWABLE.search(url) is not None)
     if not problem:
         try:
             parts = urlsplit(url)
@@ -168,12 +174,13 @@ def _headers(headers: Any) -> dict[str, str]:
 
 
 def _is_positive_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return False
+    return math.isfinite(number) and number > 0
 
 
 def _raw(response: Any) -> Any:
@@ -199,7 +206,11 @@ def _reason(reason: Any) -> str:
 def _show(value: Any) -> str:
     """A value as the user wrote it in JSON, cut short to keep the message one line."""
     try:
-        shown = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        shown = repr(value)
+        try:
+            shown = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            shown = repr(value)
+    except RecursionError:  # nested deeper than the encoder goes
+        shown = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
+    shown = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", shown)
     return shown if len(shown) <= 60 else shown[:57] + "..."
