@@ -58,10 +58,18 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
 @click.option("--allow-insecure-files", is_flag=True,
               help="As root, also accept job files not owned by root or writable by "
                    "group or others (cron refuses them; see docs/SECURITY.md).")
+@click.option("--rescan-interval", default=30.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0.1),
+              help="How often the jobs directory is rescanned as a safety net for lost "
+                   "file events.")
+@click.option("--heartbeat-timeout", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=1),
+              help="A busy worker silent for this long (stopped, wedged) is replaced.")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
           socket_group: str | None, metrics_port: int | None, metrics_address: str,
-          allow_insecure_files: bool) -> None:
+          allow_insecure_files: bool, rescan_interval: float,
+          heartbeat_timeout: float) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
@@ -80,7 +88,9 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
                             socket_path=os.path.abspath(socket_path or default_socket_path()),
                             socket_group=socket_group, metrics_port=metrics_port,
                             metrics_address=metrics_address,
-                            allow_insecure_files=allow_insecure_files)
+                            allow_insecure_files=allow_insecure_files,
+                            rescan_interval_s=rescan_interval,
+                            heartbeat_timeout_s=heartbeat_timeout)
     sys.exit(run_daemon(options))
 
 

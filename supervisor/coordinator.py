@@ -70,6 +70,7 @@ class DaemonOptions:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     allow_insecure_files: bool = False
+    heartbeat_timeout_s: float = 10.0
 
 
 class Coordinator:

@@ -71,7 +71,7 @@ def run_daemon(options: DaemonOptions) -> int:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     pool = WorkerPool(options.workers, context=context, monotonic=time.monotonic,
-                      on_event=on_pool_event)
+                      on_event=on_pool_event, heartbeat_timeout_s=options.heartbeat_timeout_s)
     logger = LoggerLink(context, options.log_file, coordinator_pid=os.getpid(),
                         on_restart=on_logger_restart)
     watcher = DirectoryWatcher(options.jobs_dir)
