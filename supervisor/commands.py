@@ -86,6 +86,8 @@ class Run(Command):
     required = ("job_id",)
 
     def execute(self, coordinator: Any, args: dict[str, Any]) -> dict[str, Any]:
+        if coordinator.stopping:
+            return error("taskd is shutting down: no new runs")
         execution = coordinator.run_now(args["job_id"])
         if execution is None:
             return _no_job(args["job_id"])

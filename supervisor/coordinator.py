@@ -309,7 +309,7 @@ class Coordinator:
     def run_now(self, job_id: str) -> Execution | None:
         """``taskd run``: one manual execution now, whatever the schedule says."""
         occurrence = self.schedule.manual(job_id, self.clock.now())
-        if occurrence is None:
+        if occurrence is None or self.stopping:
             return None
         self.emit({"event": "manual_run", "level": "info", "job_id": job_id,
                    "file": occurrence.spec.file})
@@ -335,8 +335,6 @@ class Coordinator:
         """
         self.notifier.notify("STOPPING=1")
         self.watcher.stop()
-        if self.control is not None:
-            self.control.close()
         self._collect(self.queue.drop_pending("shutdown"))
         self.queue.stop_idle()
         grace_ends = self.clock.monotonic() + self.options.grace_period_s
@@ -353,13 +351,19 @@ class Coordinator:
             if kill_at is not None and mono >= kill_at:
                 break
             limit = (kill_at if kill_at is not None else grace_ends) - mono
-            wait(self._wait_objects(), max(0.0, min(limit, 0.2)))
+            # `taskd status` keeps answering during the grace period: what is still running?
+            control = self.control.wait_objects() if self.control is not None else []
+            wait([*self._wait_objects(), *control], max(0.0, min(limit, 0.2)))
+            if self.control is not None:
+                self.control.service()
             self._read_signals()
             self.logger.handle_readable()
             self.logger.check()
             self._collect(self.queue.stopping_service())
             self.logger.pump()
         self._collect(self.queue.kill_all("shutdown"))
+        if self.control is not None:
+            self.control.close()
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})

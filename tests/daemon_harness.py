@@ -158,6 +158,12 @@ class Daemon:
         """Run a client command (``status``, ``run JOB``...) against this daemon's socket."""
         return run_client(*args, "--socket", str(self.socket), timeout=timeout)
 
+    def client_json(self, command: str, *args: str) -> Any:
+        """A client command's ``--json`` answer, parsed; fails the test if it failed."""
+        result = self.client(command, *args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
     # -- what it wrote -------------------------------------------------------------
 
     def records(self, job_id: str | None = None) -> list[dict[str, Any]]:

@@ -330,3 +330,25 @@ def run_cli_as_nobody(*args: str) -> tuple[int, str]:
         output = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), output
+
+
+def test_status_answers_during_the_grace_period(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    daemon = Daemon(tmp_path, args=("--grace-period", "30"))
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    daemon.write_job("long.json", schedule=soon, command="sleep 3")
+    daemon.start()
+    try:
+        wait_until(lambda: any(w["state"] == "busy" for w in daemon.client_json("status")
+                               ["workers"]), message="the run started")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("stopping")
+        status = daemon.client_json("status")
+        assert [w["job_id"] for w in status["workers"] if w["state"] == "busy"] == ["long"]
+        refused = daemon.client("run", "long")
+        assert refused.returncode == 1 and "shutting down" in refused.stderr
+        assert daemon.process.wait(timeout=30) == 0
+        assert daemon.records("long")[0]["status"] == "SUCCESS"
+    finally:
+        daemon.kill()
