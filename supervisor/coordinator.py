@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any, Protocol
 
 from supervisor.diagnostics import Diagnostics
 from supervisor.handoff import ExecutionQueue
-from supervisor.jobdir import FileStamp, snapshot
+from supervisor.jobdir import snapshot, stamp
 from supervisor.jobspec import read_job_file
 from supervisor.reconcile import Changes, Reconciler
 from supervisor.schedule import Occurrence, Schedule
@@ -225,7 +224,7 @@ class Coordinator:
             return
         paths = self.watcher.settled(mono)
         if paths:
-            self._apply(self.reconciler.paths(paths, _stamp))
+            self._apply(self.reconciler.paths(paths, stamp))
 
     def _apply(self, changes: Changes) -> None:
         now = self.clock.now()
@@ -371,11 +370,3 @@ class Coordinator:
 
 def _record_only(signum: int, frame: object) -> None:
     """The wake-up fd already carries the signal number to the loop; nothing else here."""
-
-
-def _stamp(path: str) -> FileStamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return FileStamp.of(st) if stat.S_ISREG(st.st_mode) else None

@@ -9,7 +9,6 @@ without reading every file.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 
 
@@ -31,6 +30,23 @@ class FileStamp:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
+def stamp(path: str) -> FileStamp | None:
+    """The stamp of whatever has a job file's name at ``path``; None if nothing does.
+
+    Not only regular files: a directory, a FIFO or a dangling symlink named ``x.json`` is
+    there, and reading it fails with an error naming the file, instead of the job
+    silently vanishing.
+    """
+    try:
+        return FileStamp.of(os.stat(path))
+    except OSError:
+        pass
+    try:
+        return FileStamp.of(os.lstat(path))  # a dangling or looping symlink
+    except OSError:
+        return None
+
+
 def snapshot(directory: str) -> dict[str, FileStamp]:
     """Every job file directly in ``directory`` (symlinks followed) with its stamp.
 
@@ -39,12 +55,11 @@ def snapshot(directory: str) -> dict[str, FileStamp]:
     found: dict[str, FileStamp] = {}
     with os.scandir(directory) as entries:
         for entry in entries:
-            if not is_job_file_name(entry.name):
-                continue
-            try:
-                st = entry.stat()
-            except OSError:
-                continue  # vanished between listing and stat, or a dangling link
-            if stat.S_ISREG(st.st_mode):
-                found[entry.path] = FileStamp.of(st)
+            if is_job_file_name(entry.name):
+                try:
+                    found[entry.path] = FileStamp.of(entry.stat())
+                except OSError:
+                    found_stamp = stamp(entry.path)
+                    if found_stamp is not None:
+                        found[entry.path] = found_stamp
     return found

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,8 +80,13 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
     ``trusted_only``: refuse files that fail cron's ownership rule (see file_trust).
     """
     try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())  # the file we read, even through a symlink
+        # O_NONBLOCK: a FIFO named like a job file must not hang the daemon in open().
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)  # the file we read, even through a symlink
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise JobFileError(path, f"not a regular file (a {_file_kind(st.st_mode)})")
+        with open(fd, "rb") as handle:
             if trusted_only:
                 reason = untrusted_reason(st, daemon_uid=os.geteuid())
                 if reason is not None:
@@ -305,3 +311,9 @@ def _show(value: Any) -> str:
     # Escaped as JSON would (\u2028): the message stays one line of valid UTF-8.
     text = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "special file")

@@ -151,7 +151,7 @@ def test_oversized_file_is_rejected_before_reading(tmp_path):
 def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(JobFileError, match=r"missing\.json: cannot read: No such file"):
         read_job_file(str(tmp_path / "missing.json"), default_zone="UTC")
-    with pytest.raises(JobFileError, match="cannot read: Is a directory"):
+    with pytest.raises(JobFileError, match=r"not a regular file \(a directory\)"):
         read_job_file(str(tmp_path), default_zone="UTC")
 
 
