@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import struct
 from multiprocessing.connection import Connection
 from typing import Any
@@ -34,6 +35,7 @@ class Channel:
         os.set_blocking(self._fd, False)
         self._in = bytearray()
         self._out = bytearray()
+        self._write_waiter: select.epoll | None = None
         self.closed = False
 
     def fileno(self) -> int:
@@ -42,6 +44,26 @@ class Channel:
     @property
     def unsent_bytes(self) -> int:
         return len(self._out)
+
+    def write_waiter(self) -> Any | None:
+        """While bytes wait to be sent: an object ``wait()`` sees ready once we can write.
+
+        ``multiprocessing.connection.wait`` only waits for reading, but an epoll instance
+        reads as ready when a descriptor it watches is: here, when the socket takes more.
+        A message larger than the socket buffer (a job with a big environment) then goes
+        out as fast as the child reads it, not one piece per loop wake-up. None when
+        nothing waits, or without epoll (the loop still flushes each time it wakes).
+        """
+        if not self._out or self.closed:
+            return None
+        if self._write_waiter is None:
+            try:
+                waiter = select.epoll()
+            except (AttributeError, OSError):
+                return None
+            waiter.register(self._fd, select.EPOLLOUT)
+            self._write_waiter = waiter
+        return self._write_waiter
 
     def send(self, message: Any) -> None:
         """Queue one message and push out as much as the socket takes now."""
@@ -109,6 +131,8 @@ class Channel:
 
     def close(self) -> None:
         self.closed = True
+        if self._write_waiter is not None:
+            self._write_waiter.close()
         self._conn.close()
 
 

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from supervisor.json_line import one_line
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -23,6 +25,9 @@ class _EventFormatter(JsonFormatter):
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
         log_record.update(record.msg if isinstance(record.msg, dict) else {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
 
 
 class Diagnostics:

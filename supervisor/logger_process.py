@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from pythonjsonlogger.json import JsonFormatter
 
 from supervisor.channel import Channel, receive_message, send_message
+from supervisor.json_line import one_line
 from workers.child_process import become_child_process
 
 _TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line
@@ -55,7 +56,7 @@ class _LineStream:
 
     def write(self, text: str) -> None:
         # A lone surrogate cannot be UTF-8; "\udcff" is also its JSON escape.
-        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        data = memoryview(one_line(text).encode("utf-8", "backslashreplace"))
         while data:
             data = data[os.write(self._fd, data):]
 

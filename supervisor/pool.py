@@ -50,6 +50,7 @@ class WorkerSlot:
     restart_at: float | None = None  # monotonic; set while paused after flapping
     last_heard: float = 0.0  # monotonic; last message from the worker while busy
     spawns: int = 0
+    told_to_stop: bool = False  # shutdown: sent {"stop": true} already
 
     @property
     def state(self) -> str:
@@ -92,6 +93,9 @@ class WorkerPool:
         for slot in self.slots:
             if slot.process is not None and slot.channel is not None:
                 objects += [slot.channel, slot.process.sentinel]
+                waiter = slot.channel.write_waiter()  # the rest of a large run message
+                if waiter is not None:
+                    objects.append(waiter)
         return objects
 
     def service(self) -> list[dict[str, Any]]:
@@ -132,6 +136,7 @@ class WorkerPool:
         for slot in self.slots:
             if slot.execution is None and slot.channel is not None:
                 slot.channel.send({"stop": True})
+                slot.told_to_stop = True
 
     def kill_all(self, error: str) -> list[dict[str, Any]]:
         """Kill every worker now; the runs they held are recorded with ``error``."""
@@ -165,9 +170,15 @@ class WorkerPool:
                    and slot.process.exitcode is None)
 
     def stopping_service(self) -> list[dict[str, Any]]:
-        """During shutdown: collect results and reap exits, never respawn or hand out."""
+        """During shutdown: collect results and reap exits, never respawn or hand out.
+
+        A worker whose run ends during the grace period is told to leave at once.
+        """
         for slot in self.slots:
             self._service_slot(slot, respawn=False)
+            if slot.execution is None and slot.channel is not None and not slot.told_to_stop:
+                slot.channel.send({"stop": True})
+                slot.told_to_stop = True
         finished, self._finished = self._finished, []
         return finished
 
@@ -181,6 +192,13 @@ class WorkerPool:
             return
         assert slot.channel is not None
         now = self.monotonic()
+        if slot.channel.unsent_bytes:
+            # A run message larger than the socket buffer goes out in pieces as the
+            # worker reads them; a worker that takes them is alive, though it cannot
+            # say so before it has the whole message.
+            unsent = slot.channel.unsent_bytes
+            if slot.channel.flush() or slot.channel.unsent_bytes < unsent:
+                slot.last_heard = now
         for message in slot.channel.receive():
             slot.last_heard = now
             record = message.get("result") if isinstance(message, dict) else None

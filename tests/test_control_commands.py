@@ -102,7 +102,8 @@ def test_the_daemon_side_limit_keeps_the_soonest_jobs():
     ({"command": "run", "args": {"job_id": "nope"}}, "no job with job_id 'nope'"),
 ])
 def test_bad_requests_are_error_responses(request_, error):
-    coordinator = SimpleNamespace(job_status=lambda job_id: None, run_now=lambda job_id: None)
+    coordinator = SimpleNamespace(job_status=lambda job_id: None, run_now=lambda job_id: None,
+                                  stopping=False)
     assert dispatch(coordinator, request_) == {"ok": False, "error": error}
 
 
