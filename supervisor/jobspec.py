@@ -25,6 +25,7 @@ from supervisor.cron_expr import CronSyntaxError
 from supervisor.file_trust import untrusted_reason
 from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
 from supervisor.zones import UTC, UnknownZoneError, zone_named
+from workers.params import is_unicode, show
 from workers.task_type import TaskParamsError, UnknownTaskType, task_type_named
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -41,7 +42,6 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
 _LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 # Characters json.dumps(ensure_ascii=False) leaves as they are but that cannot be one line
 # of UTF-8 text: line and paragraph separators, NEL, and lone surrogates.
-_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 class JobFileError(ValueError):
@@ -140,18 +140,18 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
 
     job_id = document["job_id"]
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
-        raise JobFileError(file, f"job_id {_show(job_id)}: must be 1-128 characters from "
+        raise JobFileError(file, f"job_id {show(job_id)}: must be 1-128 characters from "
                                  f"A-Z a-z 0-9 . _ -")
     zone_name = document.get("timezone", default_zone)
     if not isinstance(zone_name, str):
-        raise JobFileError(file, f"timezone {_show(zone_name)}: must be a string")
+        raise JobFileError(file, f"timezone {show(zone_name)}: must be a string")
     try:
         zone_named(zone_name)
     except UnknownZoneError as error:
-        raise JobFileError(file, f"timezone {_show(zone_name)}: {error}") from None
+        raise JobFileError(file, f"timezone {show(zone_name)}: {error}") from None
     schedule = document["schedule"]
     if not isinstance(schedule, str):
-        raise JobFileError(file, f"schedule {_show(schedule)}: must be a string (a cron "
+        raise JobFileError(file, f"schedule {show(schedule)}: must be a string (a cron "
                                  f"expression or an ISO 8601 timestamp)")
     try:
         trigger = schedule_trigger(schedule, zone_name)
@@ -160,8 +160,8 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
     task_type, task_params = _task(document["task"], file)
     description = document.get("description")
     if description is not None and not isinstance(description, str):
-        raise JobFileError(file, f"description: must be a string, got {_show(description)}")
-    if description is not None and not _is_unicode(description):
+        raise JobFileError(file, f"description: must be a string, got {show(description)}")
+    if description is not None and not is_unicode(description):
         raise JobFileError(file, "description: must be valid Unicode text (it has a lone "
                                  "surrogate escape such as \\ud800)")
 
@@ -192,17 +192,17 @@ def schedule_trigger(schedule: str, zone_name: str) -> Trigger:
     try:
         return cron_trigger(text, zone_name)
     except CronSyntaxError as error:
-        raise ScheduleError(f"schedule {_show(schedule)}: {error}") from None
+        raise ScheduleError(f"schedule {show(schedule)}: {error}") from None
 
 
 def _timestamp(text: str, zone_name: str) -> datetime:
     if len(text) == 10:
-        raise ScheduleError(f"schedule {_show(text)}: a one-time schedule needs a time of day "
+        raise ScheduleError(f"schedule {show(text)}: a one-time schedule needs a time of day "
                             f"(e.g. {text}T00:00:00Z)")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ScheduleError(f"schedule {_show(text)}: not a valid ISO 8601 timestamp "
+        raise ScheduleError(f"schedule {show(text)}: not a valid ISO 8601 timestamp "
                             f"(expected e.g. 2025-10-26T15:00:00Z)") from None
     try:
         if moment.tzinfo is None:
@@ -211,7 +211,7 @@ def _timestamp(text: str, zone_name: str) -> datetime:
     except OverflowError:  # within a few hours of year 1 or year 9999
         moment = _LATEST + timedelta(days=1)
     if not _EARLIEST <= moment <= _LATEST:
-        raise ScheduleError(f"schedule {_show(text)}: out of the supported range of dates "
+        raise ScheduleError(f"schedule {show(text)}: out of the supported range of dates "
                             f"(0001-01-02 to 9999-12-30)")
     return moment
 
@@ -221,7 +221,7 @@ def _task(task: Any, file: str) -> tuple[str, Mapping[str, Any]]:
         raise JobFileError(file, 'task: must be an object with a "type" key')
     type_name = task["type"]
     if not isinstance(type_name, str):
-        raise JobFileError(file, f"task.type {_show(type_name)}: must be a string")
+        raise JobFileError(file, f"task.type {show(type_name)}: must be a string")
     try:
         task_class = task_type_named(type_name)
     except UnknownTaskType as error:
@@ -247,28 +247,28 @@ def _timeout(value: Any, file: str) -> float | None:
         if math.isfinite(seconds) and seconds > 0:
             return seconds
     raise JobFileError(file, f"timeout_s: must be a positive number of seconds, got "
-                             f"{_show(value)}")
+                             f"{show(value)}")
 
 
 def _choice(document: dict, key: str, allowed: tuple[str, ...], default: str, file: str) -> str:
     value = document.get(key, default)
     if value not in allowed or not isinstance(value, str):
         options = " or ".join(f'"{option}"' for option in allowed)
-        raise JobFileError(file, f"{key}: must be {options}, got {_show(value)}")
+        raise JobFileError(file, f"{key}: must be {options}, got {show(value)}")
     return value
 
 
 def _flag(document: dict, key: str, default: bool, file: str) -> bool:
     value = document.get(key, default)
     if not isinstance(value, bool):
-        raise JobFileError(file, f"{key}: must be true or false, got {_show(value)}")
+        raise JobFileError(file, f"{key}: must be true or false, got {show(value)}")
     return value
 
 
 def _unknown_key_message(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return f'unknown key {_show(key)}{hint}; keys starting with "_" are free for comments'
+    return f'unknown key {show(key)}{hint}; keys starting with "_" are free for comments'
 
 
 class _BadDocument(ValueError):
@@ -279,7 +279,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _BadDocument(f"duplicate key {_show(key)}")
+            raise _BadDocument(f"duplicate key {show(key)}")
         result[key] = value
     return result
 
@@ -288,29 +288,9 @@ def _no_constant(name: str) -> None:
     raise _BadDocument(f"{name} is not a number JSON allows")
 
 
-def _is_unicode(text: str) -> bool:
-    """False for a string with a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
-
-
-def _show(value: Any) -> str:
-    """A value as it would appear in the JSON file, shortened for one-line messages."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (RecursionError, ValueError):  # nested deeper than the encoder goes
-        text = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
-    # Escaped as JSON would (\u2028): the message stays one line of valid UTF-8.
-    text = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _file_kind(mode: int) -> str:

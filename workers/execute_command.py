@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from workers.command_runner import run_command
+from workers.params import check_task_keys, is_unicode, show
 from workers.task_type import RunContext, TaskOutcome, TaskParamsError, TaskType
 
 _KNOWN_KEYS = ("command", "env", "cwd")
 # Left as they are by json.dumps(ensure_ascii=False) but no part of one line of UTF-8 text.
-_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 class ExecuteCommand(TaskType):
@@ -22,13 +20,7 @@ class ExecuteCommand(TaskType):
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        if not isinstance(params, Mapping):
-            raise TaskParamsError(f"must be an object, got {_show(params)}")
-        for key in params:
-            if isinstance(key, str) and key.startswith("_"):
-                continue  # a comment
-            if key not in _KNOWN_KEYS:
-                raise TaskParamsError(f"unknown key {_show(key)}")
+        check_task_keys(params, _KNOWN_KEYS)
         if "command" not in params:
             raise TaskParamsError("command: required key is missing")
         command = _non_empty_string("command", params["command"])
@@ -56,55 +48,33 @@ class ExecuteCommand(TaskType):
 
 def _non_empty_string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise TaskParamsError(f"{key}: must be a non-empty string, got {_show(value)}")
+        raise TaskParamsError(f"{key}: must be a non-empty string, got {show(value)}")
     if "\0" in value:  # exec() cannot pass it; better said now than at run time
         raise TaskParamsError(f"{key}: must not contain a NUL character")
-    if not _is_unicode(value):
+    if not is_unicode(value):
         raise TaskParamsError(f"{key}: must be valid Unicode text")
     return value
 
 
 def _environment(env: Any) -> dict[str, str]:
     if not isinstance(env, Mapping):
-        raise TaskParamsError(f"env: must be an object, got {_show(env)}")
+        raise TaskParamsError(f"env: must be an object, got {show(env)}")
     for name, value in env.items():
         if not isinstance(name, str) or not name:
             raise TaskParamsError(
-                f"env: variable name must be a non-empty string, got {_show(name)}"
+                f"env: variable name must be a non-empty string, got {show(name)}"
             )
         if "=" in name or "\0" in name:
             raise TaskParamsError(
-                f"env: variable name {_show(name)} must not contain '=' or a NUL character"
+                f"env: variable name {show(name)} must not contain '=' or a NUL character"
             )
-        if not _is_unicode(name):
-            raise TaskParamsError(f"env: variable name {_show(name)} must be valid Unicode text")
-        where = f"env.{name}" if name.isprintable() else f"env.{_show(name)}"  # one line
+        if not is_unicode(name):
+            raise TaskParamsError(f"env: variable name {show(name)} must be valid Unicode text")
+        where = f"env.{name}" if name.isprintable() else f"env.{show(name)}"  # one line
         if not isinstance(value, str):
-            raise TaskParamsError(f"{where}: must be a string, got {_show(value)}")
+            raise TaskParamsError(f"{where}: must be a string, got {show(value)}")
         if "\0" in value:
             raise TaskParamsError(f"{where}: must not contain a NUL character")
-        if not _is_unicode(value):
+        if not is_unicode(value):
             raise TaskParamsError(f"{where}: must be valid Unicode text")
     return dict(env)
-
-
-def _is_unicode(text: str) -> bool:
-    """False for a string with a lone surrogate ("\\ud800" is JSON, but no UTF-8 text)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in JSON, cut short to keep the message one line."""
-    try:
-        try:
-            shown = json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError):
-            shown = repr(value)
-    except RecursionError:  # nested deeper than the encoder goes
-        shown = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
-    shown = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", shown)
-    return shown if len(shown) <= 60 else shown[:57] + "..."

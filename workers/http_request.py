@@ -11,7 +11,6 @@ chunks; a wait already in progress ends by its timeout (DNS look-ups are not bou
 from __future__ import annotations
 
 import http.client
-import json
 import math
 import re
 import time
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from supervisor import __version__
 from workers.command_runner import TailBuffer, format_seconds
+from workers.params import check_task_keys, has_unshowable, show
 from workers.task_type import OUTPUT_TAIL_BYTES, RunContext, TaskOutcome, TaskParamsError, TaskType
 
 _KNOWN_KEYS = ("url", "method", "headers", "body", "timeout_s")
@@ -32,7 +32,6 @@ _READ_CHUNK = 65536
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field name
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # whitespace and control characters
 # Left as they are by json.dumps(ensure_ascii=False) but no part of one line of UTF-8 text.
-_UNSHOWABLE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
 # socket timeouts past about 1e9 s raise OverflowError; a longer wait is the same as forever.
 _MAX_WAIT_S = 365 * 86400.0
 
@@ -44,33 +43,27 @@ class HttpRequest(TaskType):
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> Mapping[str, Any]:
-        if not isinstance(params, Mapping):
-            raise TaskParamsError(f"must be an object, got {_show(params)}")
-        for key in params:
-            if isinstance(key, str) and key.startswith("_"):
-                continue  # a comment
-            if key not in _KNOWN_KEYS:
-                raise TaskParamsError(f"unknown key {_show(key)}")
+        check_task_keys(params, _KNOWN_KEYS)
         if "url" not in params:
             raise TaskParamsError("url: required key is missing")
         url = _url(params["url"])
         method = params.get("method", "GET")
         if not isinstance(method, str) or method.upper() not in METHODS:
             raise TaskParamsError(
-                f"method: must be one of {', '.join(METHODS)}, got {_show(method)}"
+                f"method: must be one of {', '.join(METHODS)}, got {show(method)}"
             )
         headers = _headers(params.get("headers", {}))
         body = params.get("body")
         if "body" in params:
             if not isinstance(body, str):
-                raise TaskParamsError(f"body: must be a string, got {_show(body)}")
+                raise TaskParamsError(f"body: must be a string, got {show(body)}")
             try:
                 body.encode("utf-8")
             except UnicodeEncodeError:
                 raise TaskParamsError("body: must be valid Unicode text") from None
         timeout = params.get("timeout_s", DEFAULT_TIMEOUT_S)
         if not _is_positive_number(timeout):
-            raise TaskParamsError(f"timeout_s: must be a positive number, got {_show(timeout)}")
+            raise TaskParamsError(f"timeout_s: must be a positive number, got {show(timeout)}")
         return {
             "url": url,
             "method": method.upper(),
@@ -141,7 +134,7 @@ class HttpRequest(TaskType):
 
 def _url(url: Any) -> str:
     problem = (not isinstance(url, str) or _UNSAFE.search(url) is not None
-               or _UNSHOWABLE.search(url) is not None)
+               or has_unshowable(url))
     if not problem:
         try:
             parts = urlsplit(url)
@@ -150,20 +143,20 @@ def _url(url: Any) -> str:
         except ValueError:
             problem = True
     if problem:
-        raise TaskParamsError(f"url: must be an http or https URL, got {_show(url)}")
+        raise TaskParamsError(f"url: must be an http or https URL, got {show(url)}")
     return url
 
 
 def _headers(headers: Any) -> dict[str, str]:
     if not isinstance(headers, Mapping):
-        raise TaskParamsError(f"headers: must be an object, got {_show(headers)}")
+        raise TaskParamsError(f"headers: must be an object, got {show(headers)}")
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise TaskParamsError(
-                f"headers: name must be a valid HTTP header name, got {_show(name)}"
+                f"headers: name must be a valid HTTP header name, got {show(name)}"
             )
         if not isinstance(value, str):
-            raise TaskParamsError(f"headers.{name}: must be a string, got {_show(value)}")
+            raise TaskParamsError(f"headers.{name}: must be a string, got {show(value)}")
         if any(c in value for c in "\r\n\0"):
             raise TaskParamsError(f"headers.{name}: must not contain a line break or NUL")
         try:
@@ -201,16 +194,3 @@ def _reason(reason: Any) -> str:
     text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
     text = " ".join(str(text).split())
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in JSON, cut short to keep the message one line."""
-    try:
-        try:
-            shown = json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError):
-            shown = repr(value)
-    except RecursionError:  # nested deeper than the encoder goes
-        shown = "[..." if isinstance(value, list) else "{..." if isinstance(value, dict) else "?"
-    shown = _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", shown)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
