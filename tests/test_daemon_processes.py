@@ -77,7 +77,9 @@ def test_sigkilled_worker_is_replaced_and_nothing_stalls(daemon, busy):
         pids = current_worker_pids(daemon)
         if busy and round_number == 0:
             # The long run occupies one worker; find it by its shell's parent.
-            victim_id = wait_until(partial(_worker_with_a_child, pids),
+            # The worker holding the long run, as the daemon reports it (a worker with a
+            # child process could also be one running a tick at that moment).
+            victim_id = wait_until(partial(_worker_running, daemon, "long"),
                                    message="long run started")
         else:
             victim_id = 1 + round_number % 2
@@ -214,8 +216,9 @@ def test_usage_errors_exit_2_with_a_clear_message(args, message):
     assert message in result.stderr
 
 
-def _worker_with_a_child(pids: dict[int, int]) -> int | None:
-    return next((i for i, pid in pids.items() if descendants(pid)), None)
+def _worker_running(daemon: Daemon, job_id: str) -> int | None:
+    workers = daemon.client_json("status")["workers"]
+    return next((w["id"] for w in workers if w["job_id"] == job_id), None)
 
 
 def _cmdline(pid: int) -> str:
