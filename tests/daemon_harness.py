@@ -85,8 +85,11 @@ def run_client(*args: str, timeout: float = 30.0,
 
 class Daemon:
     def __init__(self, base: Path, *, workers: int = 2, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> None:
+        """``env`` is added to the test's environment; ``wrapper`` is a command prefix
+        (``setpriv ...``, ``unshare ...``) the daemon is started under."""
         self.base = base
+        self.wrapper = wrapper or []
         self.jobs = base / "jobs.d"
         self.jobs.mkdir(exist_ok=True)
         self.log = base / "executions.jsonl"
@@ -120,11 +123,12 @@ class Daemon:
     # -- process -------------------------------------------------------------------
 
     def start(self, wait_ready: bool = True) -> Daemon:
-        env = {**os.environ, **(self.env or {})}
-        env.pop("NOTIFY_SOCKET", None)
-        command = [sys.executable, "-m", "supervisor", "start", "--workers", str(self.workers),
-                   "--jobs-dir", str(self.jobs), "--log-file", str(self.log),
-                   "--timezone", "UTC", *self.args]
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # a test run under systemd never talks to the real one
+        env.update(self.env or {})  # unless a test gives its own (a fake systemd)
+        command = [*self.wrapper, sys.executable, "-m", "supervisor", "start",
+                   "--workers", str(self.workers), "--jobs-dir", str(self.jobs),
+                   "--log-file", str(self.log), "--timezone", "UTC", *self.args]
         if "--socket" not in self.args:
             command += ["--socket", str(self.socket)]
         with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:

@@ -20,7 +20,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -112,32 +111,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     daemon.kill()
 
 
-class WrappedDaemon(Daemon):
-    """The harness's daemon, started through a wrapper command (``setpriv``, ``unshare``).
-
-    Builds the same command line as ``Daemon.start``; the harness has no hook for a
-    wrapper yet.
-    """
-
-    def __init__(self, base: Path, wrapper: list[str], **kwargs: Any) -> None:
-        super().__init__(base, **kwargs)
-        self.wrapper = wrapper
-
-    def start(self, wait_ready: bool = True) -> WrappedDaemon:
-        env = {**os.environ, **(self.env or {})}
-        env.pop("NOTIFY_SOCKET", None)
-        command = [*self.wrapper, sys.executable, "-m", "supervisor", "start",
-                   "--workers", str(self.workers), "--jobs-dir", str(self.jobs),
-                   "--log-file", str(self.log), "--timezone", "UTC",
-                   "--socket", str(self.socket), *self.args]
-        with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err,
-                                            stdin=subprocess.DEVNULL, env=env)
-        if wait_ready:
-            self.wait_event("ready")
-        return self
-
-
 def wrapper_works(wrapper: list[str]) -> bool:
     try:
         return subprocess.run([*wrapper, "true"], capture_output=True, timeout=10).returncode == 0
@@ -219,7 +192,7 @@ NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 @pytest.mark.skipif(not wrapper_works(NO_DAC), reason="setpriv cannot drop capabilities here")
 def test_unreadable_file_is_reported_and_keeps_its_last_good_version(tmp_path):
-    daemon = WrappedDaemon(tmp_path, NO_DAC)
+    daemon = Daemon(tmp_path, wrapper=NO_DAC)
     a = write(daemon.jobs / "a.json", job_text("a", "v1"))
     write(daemon.jobs / "b.json", job_text("b", "v1"))
     c = write(daemon.jobs / "c.json", job_text("c", "v1"))
@@ -359,7 +332,7 @@ def inotify_limited(limit: str) -> list[str]:
 def test_inotify_exhausted_at_start_falls_back_to_polling(tmp_path, limit, reason):
     if not wrapper_works(inotify_limited(limit)):
         pytest.skip("no user namespaces here (unshare --user)")
-    daemon = WrappedDaemon(tmp_path, inotify_limited(limit))
+    daemon = Daemon(tmp_path, wrapper=inotify_limited(limit))
     a = write(daemon.jobs / "a.json", job_text("a", "v1"))
     b = write(daemon.jobs / "b.json", job_text("b", "v1"))
     try:

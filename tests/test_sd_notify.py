@@ -11,8 +11,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -179,28 +177,8 @@ def test_watchdog_interval(usec: str | None, pid: str | None, expected: float | 
 # -- a real daemon --------------------------------------------------------------------
 
 
-class NotifiedDaemon(Daemon):
-    """The harness's daemon, started with ``NOTIFY_SOCKET`` (the harness always drops it,
-    so that a test run under systemd never talks to the real one). ``start`` mirrors
-    ``Daemon.start`` but for that one line."""
-
-    def start(self, wait_ready: bool = True) -> NotifiedDaemon:
-        env = {**os.environ, **(self.env or {})}
-        command = [sys.executable, "-m", "supervisor", "start", "--workers", str(self.workers),
-                   "--jobs-dir", str(self.jobs), "--log-file", str(self.log),
-                   "--timezone", "UTC", *self.args]
-        if "--socket" not in self.args:  # never the default (/run/taskd/taskd.sock as root)
-            command += ["--socket", str(self.socket)]
-        with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err,
-                                            stdin=subprocess.DEVNULL, env=env)
-        if wait_ready:
-            self.wait_event("ready")
-        return self
-
-
-def notified_daemon(tmp_path: Path, systemd: FakeSystemd, **env: str) -> NotifiedDaemon:
-    return NotifiedDaemon(tmp_path, workers=1, env={"NOTIFY_SOCKET": systemd.address, **env})
+def notified_daemon(tmp_path: Path, systemd: FakeSystemd, **env: str) -> Daemon:
+    return Daemon(tmp_path, workers=1, env={"NOTIFY_SOCKET": systemd.address, **env})
 
 
 @pytest.fixture
@@ -240,7 +218,7 @@ def test_daemon_sends_ready_after_the_ready_event_then_stopping(
 
 @pytest.mark.usefixtures("patched_environ")
 def test_daemon_with_a_missing_notify_socket_runs_normally(tmp_path: Path) -> None:
-    daemon = NotifiedDaemon(tmp_path, workers=1,
+    daemon = Daemon(tmp_path, workers=1,
                             env={"NOTIFY_SOCKET": str(tmp_path / "no" / "such.sock")})
     daemon.write_job("tick.json", schedule="* * * * * *")
     with daemon:
