@@ -34,6 +34,10 @@ from supervisor.sd_notify import Notifier
 from workers.execution import Execution, new_run_id
 
 MAX_SLEEP_S = 1.0
+# Occurrences are handed to idle workers this long before their instant; the worker holds
+# the run and starts it on time (workers.worker_main), so neither this loop's wake-up nor
+# the hand-off adds to a run's lateness.
+HANDOFF_LEAD_S = 0.02
 RESCAN_INTERVAL_S = 30.0
 RESCAN_COST_FACTOR = 400  # the periodic rescan takes at most ~0.25 % of the loop's time
 # After the grace period: time for workers to stop their tasks (TERM, then KILL after
@@ -143,8 +147,7 @@ class Coordinator:
         if self.control is not None:
             self.control.service()  # may ask for a run, a reload or a stop
         self._watch()
-        self._dispatch_due()
-        self._collect(self.queue.service())
+        self._dispatch_due()  # ExecutionQueue.put hands out to idle workers at once
         self.logger.pump()
         self._keep_alive()
         self._update_gauges()
@@ -185,7 +188,7 @@ class Coordinator:
         limits = [MAX_SLEEP_S, self._next_rescan - mono]
         if self._keepalive_s is not None:
             limits.append(self._next_keepalive - mono)
-        to_next = self.schedule.time_to_next(self.clock.now())
+        to_next = self.schedule.time_to_next(self.clock.now(), HANDOFF_LEAD_S)
         if to_next is not None:
             limits.append(to_next)
         for deadline in (self.watcher.next_deadline(),
@@ -246,7 +249,7 @@ class Coordinator:
             self.emit(event)
 
     def _dispatch_due(self) -> None:
-        occurrences, events = self.schedule.due(self.clock.now())
+        occurrences, events = self.schedule.due(self.clock.now(), HANDOFF_LEAD_S)
         for event in events:
             self.emit(event)
         for occurrence in occurrences:

@@ -2,7 +2,13 @@
 
 Each worker has a private duplex pipe; the coordinator feeds a worker only when it is
 idle, so at most one execution is ever in flight per pipe, and waiting executions stay
-here, in scheduled order, counted as the queue depth. Worker death, however it happens
+here, in scheduled order, counted as the queue depth. An execution is handed to an idle
+worker as soon as it is put (it may be a little ahead of its instant: the worker holds it
+until then, see ``workers.worker_main``).
+
+One epoll instance holds every live worker's channel and sentinel: the loop waits on it
+alone, and each ``service`` reads only the workers it reports ready (a loop step costs
+one system call for the whole pool, not two per worker). Worker death, however it happens
 (SIGKILL included, idle or busy), is seen through the process sentinel or the pipe's end
 of stream; the worker is replaced and the execution it held is recorded FAILURE
 ``worker lost``: never re-run, a command may have had side effects. The processes left
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 from collections import deque
 from collections.abc import Callable
@@ -79,28 +86,31 @@ class WorkerPool:
         self.on_event = on_event
         self.restarts = 0
         self._finished: list[dict[str, Any]] = []
+        self._readiness = select.epoll()  # live workers' channels and sentinels
+        self._slot_of_fd: dict[int, WorkerSlot] = {}
 
     # -- the ExecutionQueue interface --------------------------------------------------
 
     def put(self, execution: Execution) -> None:
         self.pending.append(execution)
+        self._hand_out()
 
     def depth(self) -> int:
         return len(self.pending)
 
     def wait_objects(self) -> list[Any]:
-        objects: list[Any] = []
+        objects: list[Any] = [self._readiness]
         for slot in self.slots:
-            if slot.process is not None and slot.channel is not None:
-                objects += [slot.channel, slot.process.sentinel]
+            if slot.channel is not None:
                 waiter = slot.channel.write_waiter()  # the rest of a large run message
                 if waiter is not None:
                     objects.append(waiter)
         return objects
 
     def service(self) -> list[dict[str, Any]]:
+        ready = self._ready_slots()
         for slot in self.slots:
-            self._service_slot(slot)
+            self._service_slot(slot, ready=slot.worker_id in ready)
         self._hand_out()
         finished, self._finished = self._finished, []
         return finished
@@ -132,9 +142,10 @@ class WorkerPool:
             _send_signal(slot.process, sig)
 
     def stop_idle(self) -> None:
-        """Ask idle workers to leave (shutdown); busy ones finish their run first."""
+        """Ask every worker to leave (shutdown): idle ones at once, busy ones after their
+        run; a worker still holding a run before its instant drops it (``shutdown``)."""
         for slot in self.slots:
-            if slot.execution is None and slot.channel is not None:
+            if slot.channel is not None:
                 slot.channel.send({"stop": True})
                 slot.told_to_stop = True
 
@@ -174,8 +185,9 @@ class WorkerPool:
 
         A worker whose run ends during the grace period is told to leave at once.
         """
+        ready = self._ready_slots()
         for slot in self.slots:
-            self._service_slot(slot, respawn=False)
+            self._service_slot(slot, ready=slot.worker_id in ready, respawn=False)
             if slot.execution is None and slot.channel is not None and not slot.told_to_stop:
                 slot.channel.send({"stop": True})
                 slot.told_to_stop = True
@@ -184,7 +196,12 @@ class WorkerPool:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _service_slot(self, slot: WorkerSlot, *, respawn: bool = True) -> None:
+    def _ready_slots(self) -> set[int]:
+        """Ids of the workers whose channel or sentinel is readable now."""
+        return {self._slot_of_fd[fd].worker_id for fd, _ in self._readiness.poll(0)
+                if fd in self._slot_of_fd}
+
+    def _service_slot(self, slot: WorkerSlot, *, ready: bool, respawn: bool = True) -> None:
         if slot.process is None:
             if respawn and slot.restart_at is not None and self.monotonic() >= slot.restart_at:
                 slot.restart_at = None
@@ -199,7 +216,7 @@ class WorkerPool:
             unsent = slot.channel.unsent_bytes
             if slot.channel.flush() or slot.channel.unsent_bytes < unsent:
                 slot.last_heard = now
-        for message in slot.channel.receive():
+        for message in slot.channel.receive() if ready else ():
             slot.last_heard = now
             record = message.get("result") if isinstance(message, dict) else None
             if record is None or slot.execution is None:
@@ -216,7 +233,8 @@ class WorkerPool:
                            "silent_for_s": round(now - slot.last_heard, 1)})
             _send_signal(slot.process, signal.SIGKILL)
             slot.process.join(timeout=5)
-        if slot.channel.closed or slot.process.exitcode is not None:
+            ready = True  # dead now: handled below
+        if slot.channel.closed or (ready and slot.process.exitcode is not None):
             self._on_death(slot, respawn=respawn)
 
     def _on_death(self, slot: WorkerSlot, *, respawn: bool) -> None:
@@ -254,6 +272,9 @@ class WorkerPool:
         return record
 
     def _discard(self, slot: WorkerSlot) -> None:
+        for fd in [fd for fd, owner in self._slot_of_fd.items() if owner is slot]:
+            self._readiness.unregister(fd)
+            del self._slot_of_fd[fd]
         if slot.channel is not None:
             slot.channel.close()
         if slot.process is not None and slot.process.exitcode is not None:
@@ -273,6 +294,9 @@ class WorkerPool:
         child_end.close()  # else the child's death never reads as end of stream here
         slot.process = process
         slot.channel = Channel(parent_end)
+        for fd in (slot.channel.fileno(), process.sentinel):
+            self._readiness.register(fd, select.EPOLLIN)
+            self._slot_of_fd[fd] = slot
         if slot.spawns:  # a replacement, not the first start
             self.restarts += 1
             self.on_event({"event": "worker_restarted", "level": "info",

@@ -14,11 +14,18 @@ Policies:
 - ``overlap: "skip"``: an occurrence that comes due while a run of the same job is still
   waiting or running is reported skipped.
 - ``enabled: false``: loaded, shown, never scheduled.
+
+Early hand-out: ``due(now, lead_s)`` also returns occurrences up to ``lead_s`` ahead, so
+a worker can hold the run and start it at its instant (the coordinator's wake-up and
+hand-off are then off the critical path). Such an occurrence is decided exactly as it
+would be at its instant; only an ``overlap: "skip"`` job still running is not decided
+early: it is held back (``_at_instant``) and decided when its instant comes.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +70,8 @@ class Schedule:
         self.misfire_grace_s = misfire_grace_s
         # One-time jobs that have fired or been missed, by job_id: their instant.
         self._one_time_done: dict[str, datetime] = {}
+        # Occurrences seen early whose decision waits for their instant (epoch seconds).
+        self._at_instant: dict[str, float] = {}
 
     # -- the job table ---------------------------------------------------------------
 
@@ -83,6 +92,7 @@ class Schedule:
         """Forget a job. A run in progress finishes and is recorded all the same."""
         self.jobs.pop(job_id, None)
         self.wheel.cancel(job_id)
+        self._at_instant.pop(job_id, None)
 
     def _schedule_first(self, state: JobState, now: datetime) -> None:
         spec = state.spec
@@ -97,6 +107,8 @@ class Schedule:
 
     def _set_next(self, state: JobState, when: datetime | None) -> None:
         state.next_fire = when
+        if self._at_instant:
+            self._at_instant.pop(state.spec.job_id, None)
         if when is None:
             self.wheel.cancel(state.spec.job_id)
         else:
@@ -104,27 +116,61 @@ class Schedule:
 
     # -- time ------------------------------------------------------------------------
 
-    def time_to_next(self, now: datetime) -> float | None:
-        """Seconds until the wheel needs attention (None: nothing scheduled)."""
-        return self.wheel.time_to_next(now.timestamp())
+    def time_to_next(self, now: datetime, lead_s: float = 0.0) -> float | None:
+        """Seconds until ``due(now, lead_s)`` has something to do (None: nothing scheduled)."""
+        now_ts = now.timestamp()
+        to_next = self.wheel.time_to_next(now_ts + lead_s)
+        if self._at_instant:
+            held = min(self._at_instant.values()) - now_ts
+            to_next = held if to_next is None else min(to_next, held)
+        return None if to_next is None else max(0.0, to_next)
 
-    def due(self, now: datetime) -> tuple[list[Occurrence], list[dict[str, Any]]]:
-        """Occurrences to run now, in scheduled order, and diagnostics (missed, skipped)."""
+    def due(self, now: datetime, lead_s: float = 0.0
+            ) -> tuple[list[Occurrence], list[dict[str, Any]]]:
+        """Occurrences to run, in scheduled order, and diagnostics (missed, skipped).
+
+        With ``lead_s``, occurrences up to that far ahead are included, each decided as
+        at its own instant (its ``scheduled_for`` is that instant: nobody may start it
+        earlier).
+        """
         occurrences: list[Occurrence] = []
         events: list[dict[str, Any]] = []
-        for _, job_id, _ in self.wheel.advance(now.timestamp()):
+        now_ts = now.timestamp()
+        for job_id in self._due_ids(now_ts, now_ts + lead_s):
             state = self.jobs.get(job_id)
             if state is None or state.next_fire is None:
                 continue
-            scheduled = self._take(state, now, events)
+            early = state.next_fire > now
+            skip = state.spec.overlap == "skip" and state.in_flight > 0
+            if early and skip:  # it may have finished by its instant: decide then
+                self._at_instant[job_id] = state.next_fire.timestamp()
+                continue
+            scheduled = self._take(state, state.next_fire if early else now, events)
             if scheduled is None:
                 continue
-            if state.spec.overlap == "skip" and state.in_flight > 0:
+            if skip:
                 events.append(_event("skipped", state.spec, scheduled,
                                      reason="previous run still in progress"))
                 continue
             occurrences.append(Occurrence(state.spec, scheduled))
         return occurrences, events
+
+    def _due_ids(self, now_ts: float, until_ts: float) -> Iterator[str]:
+        """Held-back jobs whose instant has come, then the wheel's entries up to
+        ``until_ts``; again while taking one set a next occurrence still within it."""
+        yield from self._held_until(now_ts)
+        while batch := self.wheel.advance(until_ts):
+            for _, job_id, _ in batch:
+                yield job_id
+
+    def _held_until(self, now_ts: float) -> list[str]:
+        """Held-back jobs whose instant has come, in instant order; forgotten here."""
+        if not self._at_instant:
+            return []
+        ready = sorted((at, job_id) for job_id, at in self._at_instant.items() if at <= now_ts)
+        for _, job_id in ready:
+            del self._at_instant[job_id]
+        return [job_id for _, job_id in ready]
 
     def _take(self, state: JobState, now: datetime, events: list[dict[str, Any]]
               ) -> datetime | None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from supervisor.coordinator import MAX_SLEEP_S, Coordinator, DaemonOptions
+from supervisor.coordinator import HANDOFF_LEAD_S, MAX_SLEEP_S, Coordinator, DaemonOptions
 from supervisor.diagnostics import Diagnostics
 from supervisor.sd_notify import Notifier
 
@@ -200,10 +200,10 @@ def test_load_then_sleep_exactly_until_the_next_occurrence(world, tmp_path):
         world.step(wait=world.test_wait)
         if world.queue.put_log:
             break
-    # 12:00:00.5 -> the next even second is 1.5 s away: no sleep longer than 1 s, a few
-    # wake-ups where the wheel cascades, and not a millisecond of oversleep.
+    # 12:00:00.5 -> the next even second is 1.5 s away, less the hand-out lead: no sleep
+    # longer than 1 s, a few wake-ups where the wheel cascades, and no oversleep.
     assert world.slept[0] == MAX_SLEEP_S
-    assert sum(world.slept) == pytest.approx(1.5)
+    assert sum(world.slept) == pytest.approx(1.5 - HANDOFF_LEAD_S)
     assert len(world.slept) <= 4
     [execution] = world.queue.put_log
     assert execution.job_id == "j" and execution.scheduled_for == "2026-11-26T12:00:02+00:00"

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from multiprocessing.connection import wait
 
 import pytest
@@ -34,13 +35,14 @@ def pool():
     pool.kill_all("test over")
 
 
-def pump(pool: WorkerPool, records: list, until, timeout: float = 20.0) -> None:
+def pump(pool: WorkerPool, records: list, until, timeout: float = 20.0,
+         stopping: bool = False) -> None:
     """The coordinator's loop in miniature: wait on the pool, service it."""
     deadline = time.monotonic() + timeout
     while not until():
         assert time.monotonic() < deadline, f"timed out; records so far: {records}"
         wait(pool.wait_objects(), 0.05)
-        records.extend(pool.service())
+        records.extend(pool.stopping_service() if stopping else pool.service())
 
 
 def test_runs_executions_and_returns_records(pool):
@@ -48,7 +50,7 @@ def test_runs_executions_and_returns_records(pool):
     runs = [execution(f"echo {i}", job_id=f"j{i}") for i in range(5)]
     for run in runs:
         pool.put(run)
-    assert pool.depth() == 5
+    assert pool.depth() == 3  # two went straight to the two idle workers
     pump(pool, records, lambda: len(records) == 5)
     assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in runs)
     assert {r["status"] for r in records} == {"SUCCESS"}
@@ -159,3 +161,49 @@ def test_busy_worker_heartbeats_keep_a_long_run_alive():
         assert (records[0]["status"], records[0]["output_tail"]) == ("SUCCESS", "done\n")
     finally:
         pool.kill_all("test over")
+
+
+def ahead(seconds: float) -> str:
+    return datetime.fromtimestamp(time.time() + seconds, UTC).isoformat()
+
+
+def test_a_run_handed_out_early_starts_at_its_instant_not_before(pool, tmp_path):
+    stamp = tmp_path / "stamp"
+    records: list = []
+    early = Execution(run_id=new_run_id(), job_id="early", scheduled_for=ahead(0.4),
+                      task_type="execute_command",
+                      task_params={"command": f"date +%s.%N > {stamp}", "env": {},
+                                   "cwd": None})
+    pool.put(early)
+    assert pool.depth() == 0  # handed out at once, before its instant
+    pump(pool, records, lambda: records)
+    instant = datetime.fromisoformat(early.scheduled_for).timestamp()
+    started = datetime.fromisoformat(records[0]["timestamp"]).timestamp()
+    assert records[0]["status"] == "SUCCESS"
+    assert instant <= started < instant + 0.3
+    assert float(stamp.read_text()) >= instant
+
+
+def test_stop_drops_a_run_held_before_its_instant(pool, tmp_path):
+    marker = tmp_path / "ran"
+    records: list = []
+    held = Execution(run_id=new_run_id(), job_id="held", scheduled_for=ahead(0.8),
+                     task_type="execute_command",
+                     task_params={"command": f"touch {marker}", "env": {}, "cwd": None})
+    pool.put(held)
+    pool.stop_idle()
+    pump(pool, records, lambda: records and pool.alive() == 0, stopping=True)
+    assert [(r["job_id"], r["status"], r["error"]) for r in records] == [
+        ("held", "FAILURE", "shutdown")]
+    assert not marker.exists()
+
+
+def test_stop_lets_a_started_run_finish(pool, tmp_path):
+    began = tmp_path / "began"
+    records: list = []
+    pool.put(execution(f"touch {began}; sleep 0.5; echo finished"))
+    wait_until(began.exists, timeout=10)
+    pool.stop_idle()
+    pump(pool, records, lambda: records, stopping=True)
+    assert (records[0]["status"], records[0]["output_tail"]) == ("SUCCESS", "finished\n")
+    pump(pool, records, lambda: pool.alive() == 0, stopping=True)  # and then it leaves

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,83 @@ def test_every_occurrence_is_run_or_reported_exactly_once(steps, period):
         assert all((now - o.scheduled_for).total_seconds() <= 10 for o in occurrences)
     elapsed = int((now - T0).total_seconds() // period)
     assert accounted == elapsed
+
+
+# -- early hand-out: due(now, lead_s) ---------------------------------------------------
+
+LEAD = 0.02
+
+
+def test_lead_returns_an_occurrence_early_with_its_own_instant():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="*/2 * * * * *"), T0)
+    assert 0 < s.time_to_next(T0, LEAD) <= 2 - LEAD  # may wake early to cascade
+    assert s.due(at(1.97), LEAD)[0] == []
+    occurrences, events = s.due(at(1.985), LEAD)
+    assert [(o.spec.job_id, o.scheduled_for) for o in occurrences] == [("j", at(2))]
+    assert events == []  # not "late", not coalesced: decided as at 12:00:02
+    assert s.jobs["j"].next_fire == at(4)
+    assert s.due(at(2.01), LEAD) == ([], [])  # never twice
+
+
+def test_lead_holds_back_a_skip_job_still_running_until_its_instant():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(overlap="skip"), T0)
+    [first], _ = s.due(at(1), LEAD)
+    assert first.scheduled_for == at(1)
+    s.run_started("j")
+    assert s.due(at(1.99), LEAD) == ([], [])  # j@2 is held: its run may end before 2
+    assert s.time_to_next(at(1.99), LEAD) == pytest.approx(0.01)
+    s.run_finished({"job_id": "j", "timestamp": at(1).isoformat(), "status": "SUCCESS",
+                    "error": None})
+    occurrences, events = s.due(at(2.001), LEAD)
+    assert [(o.spec.job_id, o.scheduled_for) for o in occurrences] == [("j", at(2))]
+    assert events == []
+
+
+def test_lead_still_skips_a_held_back_job_that_runs_past_its_instant():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(overlap="skip"), T0)
+    s.due(at(1), LEAD)
+    s.run_started("j")
+    assert s.due(at(1.99), LEAD) == ([], [])
+    occurrences, events = s.due(at(2.0), LEAD)
+    assert occurrences == []
+    assert [(e["event"], e["scheduled_for"]) for e in events] == [
+        ("skipped", at(2).isoformat())]
+
+
+def test_a_held_back_job_that_is_removed_or_rescheduled_is_forgotten():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec("gone", overlap="skip"), T0)
+    s.upsert(spec("moved", overlap="skip"), T0)
+    s.due(at(1), LEAD)
+    s.run_started("gone")
+    s.run_started("moved")
+    s.due(at(1.99), LEAD)  # both held back until 12:00:02
+    s.remove("gone")
+    s.upsert(spec("moved", schedule="*/10 * * * * *", overlap="skip"), at(1.995))
+    assert s.due(at(2.5), LEAD) == ([], [])
+    assert s.jobs["moved"].next_fire == at(10)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=st.lists(st.floats(min_value=0.001, max_value=3), min_size=1, max_size=60),
+       period=st.sampled_from([1, 2, 5]), lead=st.sampled_from([0.005, 0.02, 0.5]))
+def test_with_a_lead_every_occurrence_is_accounted_once_and_none_starts_early(
+        steps, period, lead):
+    """Whatever the loop's timing, each occurrence up to ``now + lead`` is run or reported
+    missed exactly once, and a run's instant is never more than ``lead`` ahead."""
+    s = Schedule(T0, misfire_grace_s=10)
+    s.upsert(spec(schedule=f"*/{period} * * * * *"), T0)
+    now, accounted, instants = T0, 0, []
+    for step in steps:
+        now += timedelta(seconds=step)
+        occurrences, events = s.due(now, lead)
+        accounted += len(occurrences) + sum(e["count"] for e in events if e["event"] == "missed")
+        instants += [o.scheduled_for for o in occurrences]
+        for occurrence in occurrences:
+            ahead = (occurrence.scheduled_for - now).total_seconds()
+            assert -10 <= ahead <= lead
+    assert instants == sorted(set(instants))
+    assert accounted == int((now + timedelta(seconds=lead) - T0).total_seconds() // period)

@@ -8,7 +8,7 @@ other side, and a later queue (a database table) can carry them unchanged.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,11 @@ class Execution:
     manual: bool = False  # asked for by `taskd run`, not by the schedule
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: that deep-copies, and this runs once per execution.
+        return {"run_id": self.run_id, "job_id": self.job_id,
+                "scheduled_for": self.scheduled_for, "task_type": self.task_type,
+                "task_params": self.task_params, "timeout_s": self.timeout_s,
+                "manual": self.manual}
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Execution:

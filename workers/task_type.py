@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 
 ENTRY_POINT_GROUP = "taskd.task_types"
@@ -71,18 +71,26 @@ class UnknownTaskType(LookupError):
 
 
 @cache
-def registered_task_types() -> dict[str, type[TaskType]]:
-    """Every task type installed under the entry-point group, by name."""
-    found: dict[str, type[TaskType]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
-    return found
+def installed_task_types() -> dict[str, EntryPoint]:
+    """The entry points of every installed task type, by name; nothing imported yet.
+
+    The fork server calls this once (``workers.forkserver_init``), so every worker
+    starts with the scan done; each worker imports a type only when it first runs one.
+    """
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+@cache
 def task_type_named(name: str) -> type[TaskType]:
-    types = registered_task_types()
+    installed = installed_task_types()
     try:
-        return types[name]
+        entry_point = installed[name]
     except KeyError:
-        known = ", ".join(sorted(types)) or "none installed"
+        known = ", ".join(sorted(installed)) or "none installed"
         raise UnknownTaskType(f"unknown task type {name!r} (known: {known})") from None
+    return entry_point.load()
+
+
+def registered_task_types() -> dict[str, type[TaskType]]:
+    """Every installed task type, by name, imported."""
+    return {name: task_type_named(name) for name in installed_task_types()}

@@ -4,19 +4,30 @@ Its channel to the coordinator is a private duplex pipe (never a queue shared wi
 workers: a process killed while holding a shared queue's lock hangs every other user of
 it). Messages, JSON both ways:
 
-- coordinator → worker: ``{"run": <Execution message>}`` or ``{"stop": true}``
+- coordinator → worker: ``{"run": <Execution message>}``, or ``{"stop": true}`` (leave
+  once idle; a run not started yet is dropped and recorded ``shutdown``)
 - worker → coordinator: ``{"started": run_id}``, then ``{"heartbeat": run_id}`` every
   second while the run lasts, then ``{"result": <execution record>}``
 
+A run may arrive a little before its instant (the coordinator hands out early, so its
+own wake-up and the hand-off are not part of the run's lateness): the worker holds it and
+starts it at ``scheduled_for``, never earlier.
+
+The task runs on the main thread; a long-lived heartbeat thread reports while a run
+lasts. A worker that is stopped or wedged as a whole falls silent, whatever its task is
+doing. The heartbeat thread also notices a coordinator that died (end of stream on the
+channel) and then asks the task to stop. (A parent-death signal would not do: the
+worker's parent is the fork server, which lives as long as any worker does.)
+
 SIGTERM while idle ends the worker at once; while busy it asks the running task to stop
 (the task kills its process group and the record says ``shutdown``), reports, and ends.
-EOF on the channel (the coordinator is gone) ends it too.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -29,6 +40,12 @@ from workers.task_type import RunContext, TaskOutcome, task_type_named
 # How often a busy worker tells the coordinator it is alive; the coordinator replaces a
 # busy worker it has not heard from for much longer (see pool.HEARTBEAT_TIMEOUT_S).
 HEARTBEAT_INTERVAL_S = 1.0
+# A run handed out early is held at most this long, whatever its instant says (a wall
+# clock stepped back after the hand-out must not park a run for hours).
+MAX_HOLD_S = 1.0
+# The hold ends with a plain sleep, which is precise to tens of microseconds; waiting on
+# the channel (for a stop) rounds up to whole milliseconds.
+_PRECISE_SLEEP_S = 0.002
 
 
 class _StopFlag:
@@ -47,62 +64,108 @@ class _StopFlag:
         return self.requested
 
 
+class _Link:
+    """The worker's end of its channel, shared by the main and the heartbeat thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._send_lock = threading.Lock()
+        self.leave_when_idle = False  # the coordinator said stop while a run lasted
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            send_message(self.conn, message)
+
+    def receive(self) -> dict[str, Any]:
+        message = receive_message(self.conn)
+        if message.get("stop"):
+            self.leave_when_idle = True
+        return message
+
+
+class _Heartbeat:
+    """Reports ``{"heartbeat": run_id}`` every second while a run lasts; sleeps otherwise."""
+
+    def __init__(self, link: _Link, stop: _StopFlag) -> None:
+        self.link = link
+        self.stop = stop
+        self.run_id: str | None = None
+        self._busy = threading.Event()
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def running(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        if run_id is None:
+            self._busy.clear()
+        else:
+            self._busy.set()
+
+    def _beat(self) -> None:
+        while True:
+            self._busy.wait()
+            time.sleep(HEARTBEAT_INTERVAL_S)
+            run_id = self.run_id
+            if run_id is None or self.stop.requested:
+                continue  # idle again, or winding down: the record comes soon
+            try:
+                # The main thread never reads while a run lasts, so this thread may: a
+                # "stop" means leave after the run; end of stream, the coordinator died.
+                if self.link.conn.poll(0):
+                    self.link.receive()
+                self.link.send({"heartbeat": run_id})
+            except (OSError, EOFError):
+                self.stop.requested = True
+
+
 def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
     stop = _StopFlag()
     signal.signal(signal.SIGTERM, stop.handle)
     become_child_process(coordinator_pid)
-    while not stop.requested:
+    link = _Link(conn)
+    heartbeat = _Heartbeat(link, stop)
+    while not stop.requested and not link.leave_when_idle:
         try:
-            message = receive_message(conn)
+            message = link.receive()
         except (EOFError, OSError):
             return  # the coordinator is gone or closed our channel
-        if message.get("stop"):
-            return
+        if "run" not in message:
+            continue  # "stop": the loop condition ends it
+        execution = Execution.from_message(message["run"])
         stop.busy = True
         try:
-            record = _run_with_heartbeats(conn, Execution.from_message(message["run"]),
-                                          worker_id, stop)
-            send_message(conn, {"result": record})
+            if _hold_until_instant(link, execution, stop):
+                heartbeat.running(execution.run_id)
+                link.send({"started": execution.run_id})
+                record = run_execution(execution, worker_id, stop)
+                heartbeat.running(None)
+            else:
+                now = datetime.now(UTC)
+                record = failure_record(execution, started=now, finished=now,
+                                        worker=worker_id, error="shutdown")
+            link.send({"result": record})
         except OSError:
             return
         stop.busy = False
 
 
-def _run_with_heartbeats(conn: Connection, execution: Execution, worker_id: int,
-                         stop: _StopFlag) -> dict[str, Any]:
-    """Run the task on a thread while this, the work loop, reports that it is alive.
-
-    The heartbeat comes from the work loop itself, so a worker that is stopped or wedged
-    falls silent, whatever its task is doing. The loop also notices a coordinator that
-    died: it never writes to a busy worker, so a readable channel now means end of
-    stream. (A parent-death signal would not do: the worker's parent is the fork
-    server, which lives as long as any worker does.)
-    """
-    outcome: list[dict[str, Any]] = []
-    task = threading.Thread(target=lambda: outcome.append(
-        run_execution(execution, worker_id, stop)), name="task", daemon=True)
-    task.start()
-    try:
-        send_message(conn, {"started": execution.run_id})
-    except OSError:
-        stop.requested = True
-    while True:
-        task.join(HEARTBEAT_INTERVAL_S)
-        if not task.is_alive():
-            if outcome:
-                return outcome[0]
-            now = datetime.now(UTC)  # the task thread died in a way run_execution missed
-            return failure_record(execution, started=now, finished=now, worker=worker_id,
-                                  error="task error: the task thread died")
-        if stop.requested:
-            continue  # winding down: the task stops its processes, then we report
+def _hold_until_instant(link: _Link, execution: Execution, stop: _StopFlag) -> bool:
+    """Wait for the run's instant; False if told to stop (or orphaned) before it came."""
+    hold_until = time.time() + MAX_HOLD_S
+    due = min(datetime.fromisoformat(execution.scheduled_for).timestamp(), hold_until)
+    while not stop.requested:
+        left = due - time.time()
+        if left <= 0:
+            return True
+        if left <= _PRECISE_SLEEP_S:
+            time.sleep(left)
+            continue
         try:
-            if conn.poll(0):
-                stop.requested = True
-                continue
-            send_message(conn, {"heartbeat": execution.run_id})
+            if link.conn.poll(left - _PRECISE_SLEEP_S / 2):
+                link.receive()  # "stop" before the instant: the run is not started
+                return False
         except (OSError, EOFError):
-            stop.requested = True
+            return False
+    return False
 
 
 def run_execution(execution: Execution, worker_id: int, stop: _StopFlag) -> dict[str, Any]:
@@ -128,4 +191,3 @@ def run_execution(execution: Execution, worker_id: int, stop: _StopFlag) -> dict
         outcome=outcome,
         worker=worker_id,
     )
-
