@@ -8,7 +8,8 @@ the contract's "Job files" and "Live reload" sections is table-testable here:
 - a valid job edited into an invalid state keeps its last good version scheduled (and
   keeps its ``job_id``) until the file is fixed or deleted;
 - a rename inside the directory is the same job with a new ``file``, never remove + add
-  (the renamed file, known by its inode, stays the owner ahead of waiting claimants);
+  (the renamed file, known by its inode, stays the owner ahead of waiting claimants),
+  even when the new name is reconciled before the old one;
 - re-reading unchanged content changes nothing.
 
 Within one call, releases (deleted files, changed job_ids) happen before claims,
@@ -92,20 +93,41 @@ class Reconciler:
         wanted: dict[str, FileStamp | None] = dict(snapshot)
         for path in self._files:
             wanted.setdefault(path, None)
-        return self._apply(wanted, stat=None)
+        return self._apply(self._observe(wanted, stat=None))
 
     def paths(self, paths: Iterable[str],
               stat: Callable[[str], FileStamp | None]) -> Changes:
-        """Reconcile only ``paths`` (settled watcher events); ``stat`` None = gone."""
+        """Reconcile only ``paths`` (settled watcher events); ``stat`` None = gone.
+
+        A file claiming a job_id whose owner's file is gone brings that owner along: the
+        watcher hands over a rename's new name at once but lets the old name settle (an
+        editor may be about to reuse it), and only seen together are the two one job
+        renamed rather than a conflict. When the old name comes later, it is already
+        known to be gone.
+        """
         wanted = {path: stat(path) for path in set(paths)
                   if is_job_file_name(os.path.basename(path))}
-        return self._apply(wanted, stat=stat)
+        observed = self._observe(wanted, stat)
+        for owner in self._owners_of(observed):
+            if owner not in wanted and stat(owner) is None:
+                observed[owner] = None
+        return self._apply(dict(sorted(observed.items(), key=lambda item: item[0])))
 
     # -- the work -----------------------------------------------------------------------
 
-    def _apply(self, wanted: dict[str, FileStamp | None],
-               stat: Callable[[str], FileStamp | None] | None) -> Changes:
-        observed = self._observe(wanted, stat)
+    def _owners_of(self, observed: dict[str, _Observed]) -> set[str]:
+        """The files that own the job_ids the ``observed`` files now claim."""
+        owners = set()
+        for new in observed.values():
+            if new is not None and new[1] is not None:
+                owner = self._owner.get(new[1].job_id)
+                if owner is not None:
+                    owners.add(owner)
+        return owners
+
+    def _apply(self, observed: dict[str, _Observed]) -> Changes:
+        """Apply what ``_observe`` saw, given in sorted path order (the order claims are
+        made in)."""
         before: dict[str, JobSpec | None] = {}  # job_id -> spec before this call
         departed: dict[str, int] = {}  # job_id -> inode of its owner's file, now gone
         for path, new in observed.items():

@@ -1,11 +1,34 @@
 """DirectoryWatcher: "these paths in the jobs directory may have changed", nothing more.
 
-A thin shell around a watchdog observer. Events are never interpreted: with watchdog 7.1
-an ``os.replace`` save is only a ``moved`` event from the temp name, a vim save looks like
-a delete first, and a deleted-and-recreated directory leaves the observer alive but blind.
-So every path an event names is remembered with the time of its last event, and once it
-has been quiet for ``settle_s`` it is handed to the coordinator, which stats it and lets
-the Reconciler decide. A burst of events on one path (an editor's save) settles once.
+A thin shell around a watchdog observer. Events are never interpreted beyond their kind:
+with watchdog 7.1 an ``os.replace`` save is only a ``moved`` event from the temp name, a
+vim save looks like a delete first, and a deleted-and-recreated directory leaves the
+observer alive but blind. So every path an event names is remembered with a deadline, and
+once the deadline passes with no later event on it, the path is handed to the coordinator,
+which stats it and lets the Reconciler decide. The deadline depends on what the event says
+about the file at that path:
+
+=========================================  ==============================================
+event                                      path handed over after
+=========================================  ==============================================
+``moved``: its new name (``dest_path``)    at once: a rename is the last step of a save,
+                                           the file under the new name is complete
+``closed`` (IN_CLOSE_WRITE)                ``closed_s`` (2 ms): the writer is done. The
+                                           wait is for a temp file's rename, which comes
+                                           well under 1 ms after its close: it moves the
+                                           temp name back to settling, so a temp file
+                                           named like a job file (``tmpXXXX.json``) is
+                                           not loaded and then found gone
+anything else: created, modified, attrib,  ``settle_s`` (50 ms): the file may be mid-write
+deleted, a ``moved`` event's old name      or its name about to be reused (vim renames
+                                           the original away, then writes it anew)
+=========================================  ==============================================
+
+A later event on a path replaces its deadline, in either direction: an editor's save
+(created, modified, closed) is handed over once, at its close; a ``modified`` after the
+close puts the path back to settling. So a rename inside the directory hands over the new
+name before the old one (the Reconciler still sees one job renamed), and a file moved in
+from another directory, which watchdog reports as ``created``, settles.
 
 Threads: the observer thread calls ``record``; everything else runs in the coordinator,
 which waits on ``fileno()`` (a wakeup pipe) and sleeps until ``next_deadline()``.
@@ -49,19 +72,20 @@ _STOP_TIMEOUT_S = 5.0
 
 
 class DirectoryWatcher:
-    def __init__(self, directory: str, *, settle_s: float = 0.05,
+    def __init__(self, directory: str, *, settle_s: float = 0.05, closed_s: float = 0.002,
                  clock: Callable[[], float] = time.monotonic, force_polling: bool = False,
                  poll_interval_s: float = 1.0, health_interval_s: float = 1.0) -> None:
         self.directory = directory
         self.polling = False  # whether the running observer polls instead of using inotify
         self._settle_s = settle_s
+        self._closed_s = closed_s
         self._clock = clock
         self._force_polling = force_polling
         self._poll_interval_s = poll_interval_s
         self._health_interval_s = health_interval_s
         self._next_health_check = clock()
         self._lock = threading.Lock()  # guards the fields the observer thread writes
-        self._pending: dict[str, float] = {}  # path -> time of its last event
+        self._pending: dict[str, float] = {}  # path -> when to hand it over
         self._wake_pending = False
         self._rescan_needed = False
         self._watch_lost = False
@@ -75,16 +99,20 @@ class DirectoryWatcher:
 
     # -- observer thread ----------------------------------------------------------------
 
-    def record(self, *paths: str, now: float | None = None) -> None:
-        """Remember that ``paths`` saw an event. Paths outside the directory are dropped;
-        the others are reported as ``snapshot(directory)`` spells them."""
+    def record(self, *paths: str, now: float | None = None, wait_s: float | None = None
+               ) -> None:
+        """Remember that ``paths`` saw an event: each is handed over once ``wait_s``
+        (default ``settle_s``) has passed with no later event on it. Paths outside the
+        directory are dropped; the others are reported as ``snapshot(directory)`` spells
+        them."""
         when = self._clock() if now is None else now
+        due = when + (self._settle_s if wait_s is None else wait_s)
         with self._lock:
             recorded = False
             for raw in paths:
                 parent, name = os.path.split(raw)
                 if name and _normalized(parent) in self._parents:
-                    self._pending[os.path.join(self.directory, name)] = when
+                    self._pending[os.path.join(self.directory, name)] = due
                     recorded = True
             if recorded:
                 self._wake()
@@ -94,11 +122,19 @@ class DirectoryWatcher:
             # From an observer being replaced: the restart means a full rescan anyway,
             # and its "directory deleted" must not mark the new watch as lost.
             return
-        paths = [os.fsdecode(path) for path in (event.src_path, event.dest_path) if path]
+        src, dest = os.fsdecode(event.src_path), os.fsdecode(event.dest_path)
         if event.event_type in ("deleted", "moved") and any(
-                _normalized(path) in self._parents for path in paths):
+                path and _normalized(path) in self._parents for path in (src, dest)):
             self.need_rescan(lost=True)  # the directory itself went away
-        self.record(*paths)
+        # The module docstring's table. (An empty name, as in a non-move's dest_path,
+        # names no path: record() drops it.)
+        if event.event_type == "moved":
+            self.record(src)
+            self.record(dest, wait_s=0.0)
+        elif event.event_type == "closed":
+            self.record(src, wait_s=self._closed_s)
+        else:
+            self.record(src, dest)
 
     def need_rescan(self, *, lost: bool = False) -> None:
         with self._lock:
@@ -132,7 +168,7 @@ class DirectoryWatcher:
         return self._read_fd
 
     def settled(self, now: float | None = None) -> set[str]:
-        """Paths quiet for ``settle_s``, each once; the others stay pending."""
+        """Paths whose deadline has passed, each once; the others stay pending."""
         try:
             while os.read(self._read_fd, 4096):
                 pass
@@ -141,10 +177,9 @@ class DirectoryWatcher:
         when = self._clock() if now is None else now
         with self._lock:
             self._wake_pending = False  # after draining: a later event writes again
-            # ``last + settle_s``, not ``when - last``: exactly what next_deadline() says,
-            # so waking at the deadline always settles (no float-rounding spin).
-            ready = {path for path, last in self._pending.items()
-                     if last + self._settle_s <= when}
+            # The stored deadline, not ``when - last``: exactly what next_deadline()
+            # says, so waking at the deadline always settles (no float-rounding spin).
+            ready = {path for path, due in self._pending.items() if due <= when}
             for path in ready:
                 del self._pending[path]
         return ready
@@ -153,7 +188,7 @@ class DirectoryWatcher:
         with self._lock:
             if not self._pending:
                 return None
-            return min(self._pending.values()) + self._settle_s
+            return min(self._pending.values())
 
     def take_rescan_needed(self, now: float | None = None) -> bool:
         """Whether the caller must rescan the whole directory: the observer saw it go or

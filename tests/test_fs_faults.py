@@ -531,10 +531,13 @@ def test_each_save_pattern_is_exactly_one_reload(editing, save):
     save(path, staging, job_text(job_id, "v2"))
     assert stat.S_IMODE(path.stat().st_mode) == mode  # the save pattern is faithful
     runs(daemon, job_id, "v2")
-    # Positive marker: a file touched after the save settles after every path the save
-    # touched, so once it is loaded, any second reload of this job would be visible.
+    # Positive marker: a file that appears after the save with an event that settles
+    # (a hard link: "created" alone; a close or a rename would be handed over at once) is
+    # handed over after every path the save touched has settled, so once it is loaded,
+    # any second reload of this job would be visible.
     marker = f"{job_id}-marker"  # its file name does not contain the saved one's
-    write(daemon.jobs / f"{marker}.json", job_text(marker, "v1", FAR_FUTURE))
+    staged = write(staging / f"{marker}.json", job_text(marker, "v1", FAR_FUTURE))
+    os.link(staged, daemon.jobs / f"{marker}.json")
     daemon.wait_event("job_added", where=lambda e: e["job_id"] == marker)
     # Nothing about the file or its droppings (x.json~, #x.json#, .x.json.XXXXXX...)
     # but its load and this one reload.

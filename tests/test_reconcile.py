@@ -167,6 +167,28 @@ def test_file_renamed_inside_is_the_same_job(fs, rec):
     assert table(rec) == {"a": (new, "true")} and rec.owner("a") == new
 
 
+def test_renamed_file_seen_before_its_old_name_is_the_same_job(fs, rec):
+    # The watcher hands over a rename's new name at once; its old name settles first.
+    sync(rec, fs, fs.write("a.json", content("a")))
+    old, new = fs.rename("a.json", "b.json")
+    changes = sync(rec, fs, new)
+    assert changes.removed == [] and [spec.file for spec in changes.upserted] == [new]
+    assert changes.events == [{"event": "job_renamed", "level": "info", "file": new,
+                               "job_id": "a", "old_file": old}]
+    assert rec.errors() == {} and rec.owner("a") == new
+    assert sync(rec, fs, old) == Changes()
+
+
+def test_a_claimant_brings_along_only_an_owner_that_is_gone(fs, rec):
+    # An owner still there, even changed, is left to its own events: a claimant never
+    # makes the daemon read a file that may be mid-write.
+    sync(rec, fs, fs.write("a.json", content("a")))
+    fs.write("a.json", content("a", "echo 2"))
+    changes = sync(rec, fs, fs.write("b.json", content("a", "b")))
+    assert kinds(changes) == [("job_conflict", "a")]
+    assert table(rec) == {"a": (p("a.json"), "true")}
+
+
 def test_rename_with_new_content_is_an_update_with_the_old_file(fs, rec):
     sync(rec, fs, fs.write("a.json", content("a")))
     path = fs.write("b.json", content("a", "echo 2"))
@@ -417,7 +439,8 @@ CONTENTS = st.one_of(
 
 
 class ReconcilerMachine(RuleBasedStateMachine):
-    """Random edits, synced by random mixes of targeted and full reconciliation."""
+    """Random edits, synced by random mixes of targeted (all touched paths, or some of
+    them) and full reconciliation."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -445,6 +468,15 @@ class ReconcilerMachine(RuleBasedStateMachine):
     def touch(self, name):
         if p(name) in self.fs.files:
             self.touched.add(self.fs.touch(name))
+
+    @precondition(lambda self: self.touched)
+    @rule(data=st.data())
+    def sync_some(self, data):
+        """The watcher hands paths over at different times (a rename's new name at once,
+        its old name once settled); the rest stay touched for a later sync."""
+        some = data.draw(st.sets(st.sampled_from(sorted(self.touched)), min_size=1))
+        self.touched -= some
+        self.replay(self.rec.paths(sorted(some), self.fs.stat))
 
     @rule(how=st.sampled_from(["paths", "full", "paths, then full"]))
     def sync(self, how):

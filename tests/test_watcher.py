@@ -1,4 +1,5 @@
-"""DirectoryWatcher: settling with a fake clock, then a real observer on a real directory.
+"""DirectoryWatcher: settling with a fake clock (how long each kind of event makes a path
+wait), then a real observer on a real directory.
 
 Real-filesystem tests wait the way the daemon's coordinator does (on ``fileno()`` until
 ``next_deadline()``), bounded by a deadline; never a fixed sleep.
@@ -17,8 +18,20 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 
+import hypothesis.strategies as st
 import pytest
-from watchdog.events import DirDeletedEvent, DirModifiedEvent, FileMovedEvent
+from hypothesis import given
+from watchdog.events import (
+    DirDeletedEvent,
+    DirModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+)
 
 import supervisor.watcher as watcher_module
 from supervisor.jobdir import FileStamp, snapshot
@@ -27,6 +40,7 @@ from supervisor.reconcile import Reconciler
 from supervisor.watcher import DirectoryWatcher
 
 TIMEOUT_S = 20.0  # only reached on failure; generous for a loaded machine
+SETTLE_S, CLOSED_S = 0.05, 0.002
 
 
 class FakeClock:
@@ -43,7 +57,7 @@ class FakeClock:
 @pytest.fixture
 def fake() -> Iterator[tuple[DirectoryWatcher, FakeClock]]:
     clock = FakeClock()
-    watcher = DirectoryWatcher("/jobs", settle_s=0.05, clock=clock)
+    watcher = DirectoryWatcher("/jobs", settle_s=SETTLE_S, closed_s=CLOSED_S, clock=clock)
     yield watcher, clock
     watcher.stop()
 
@@ -75,11 +89,127 @@ def test_paths_settle_independently(fake):
     assert watcher.settled(now=watcher.next_deadline()) == {"/jobs/b.json"}
 
 
-def test_a_moved_event_records_both_paths_at_once(fake):
+def test_a_moved_event_records_both_paths(fake):
     watcher, clock = fake
     watcher.on_event(FileMovedEvent("/jobs/.a.json.tmp", "/jobs/a.json"))
     clock.now += 1
     assert watcher.settled() == {"/jobs/.a.json.tmp", "/jobs/a.json"}
+
+
+# -- how long each kind of event makes its path wait ------------------------------------
+
+A, TMP, BACKUP = "/jobs/a.json", "/jobs/.a.json.tmp", "/jobs/a.json~"
+
+
+@pytest.mark.parametrize("event, path, wait_s", [
+    # A rename's new name holds a complete file: handed over at once.
+    (FileMovedEvent(TMP, A), A, 0.0),
+    # Its old name is gone, or about to be reused (vim renames the original away, then
+    # writes it anew): it settles.
+    (FileMovedEvent(TMP, A), TMP, SETTLE_S),
+    (FileMovedEvent(A, BACKUP), A, SETTLE_S),
+    # The writer closed it: complete, after a moment for a temp file's rename to arrive.
+    (FileClosedEvent(A), A, CLOSED_S),
+    # Maybe mid-write.
+    (FileCreatedEvent(A), A, SETTLE_S),
+    (FileModifiedEvent(A), A, SETTLE_S),
+    (FileAttribEvent(A), A, SETTLE_S),
+    (FileDeletedEvent(A), A, SETTLE_S),
+], ids=["moved: new name", "moved: temp name", "moved: vim's original", "closed", "created",
+        "modified", "attrib", "deleted"])
+def test_how_long_a_path_waits_depends_on_what_its_event_says(fake, event, path, wait_s):
+    watcher, clock = fake
+    watcher.on_event(event)
+    due = clock.now + wait_s
+    assert path not in watcher.settled(now=due - 0.0005)
+    assert path in watcher.settled(now=due)
+
+
+def test_a_save_is_handed_over_at_its_close_not_after_settling(fake):
+    watcher, clock = fake
+    for event in (FileCreatedEvent(A), FileModifiedEvent(A), FileModifiedEvent(A)):
+        watcher.on_event(event)
+        clock.now += 0.01
+    assert watcher.next_deadline() == pytest.approx(clock.now - 0.01 + SETTLE_S)
+    watcher.on_event(FileClosedEvent(A))
+    assert watcher.next_deadline() == pytest.approx(clock.now + CLOSED_S)
+    assert watcher.settled(now=clock.now + CLOSED_S) == {A}
+    assert watcher.next_deadline() is None
+
+
+@pytest.mark.parametrize("later", [FileModifiedEvent, FileAttribEvent, FileCreatedEvent,
+                                   FileDeletedEvent])
+def test_a_change_after_the_close_waits_settle_s_again(fake, later):
+    watcher, clock = fake
+    watcher.on_event(FileClosedEvent(A))
+    clock.now += 0.001  # before the close was handed over (vim sets the mode after it)
+    watcher.on_event(later(A))
+    assert watcher.settled(now=clock.now + CLOSED_S) == set()
+    assert watcher.next_deadline() == pytest.approx(clock.now + SETTLE_S)
+    assert watcher.settled(now=clock.now + SETTLE_S) == {A}
+
+
+def test_a_temp_file_renamed_after_its_close_is_never_handed_over_complete(fake):
+    """The pair of events of an ``os.replace`` save: the temp name's close is overtaken
+    by its rename, so the temp name only settles (and is gone by then); the job file's
+    name is handed over at once."""
+    watcher, clock = fake
+    watcher.on_event(FileClosedEvent(TMP))
+    clock.now += 0.0003  # what a save takes from close to rename (measured: 0.07-0.3 ms)
+    watcher.on_event(FileMovedEvent(TMP, A))
+    assert watcher.settled(now=clock.now) == {A}
+    assert watcher.settled(now=clock.now + SETTLE_S - 0.001) == set()
+    assert watcher.settled(now=clock.now + SETTLE_S) == {TMP}
+
+
+def test_a_rename_onto_a_settling_name_hands_it_over_at_once(fake):
+    """A backup-then-replace save (``mv -b``, ``install -b``): the original renamed away
+    (its name settling), then a new file renamed onto the name, which is complete."""
+    watcher, clock = fake
+    watcher.on_event(FileMovedEvent(A, BACKUP))
+    clock.now += 0.001
+    watcher.on_event(FileMovedEvent(TMP, A))
+    assert watcher.settled(now=clock.now) == {A, BACKUP}
+    assert watcher.settled(now=clock.now + SETTLE_S) == {TMP}
+
+
+# What each event says about path A: how long it makes A wait (None: A not named).
+EVENTS: dict[str, tuple[FileSystemEvent, float]] = {
+    "created": (FileCreatedEvent(A), SETTLE_S),
+    "modified": (FileModifiedEvent(A), SETTLE_S),
+    "attrib": (FileAttribEvent(A), SETTLE_S),
+    "closed": (FileClosedEvent(A), CLOSED_S),
+    "deleted": (FileDeletedEvent(A), SETTLE_S),
+    "moved away": (FileMovedEvent(A, BACKUP), SETTLE_S),
+    "moved onto": (FileMovedEvent(TMP, A), 0.0),
+}
+STEPS = st.lists(st.tuples(st.sampled_from([*EVENTS, "look"]), st.integers(0, 80)),
+                 max_size=30)
+
+
+@given(STEPS)
+def test_a_path_is_handed_over_once_its_last_event_has_waited(steps):
+    """Any history of events on a path, looked at any time: the path is handed over at
+    the first look once its last event's wait is over, once, and never earlier."""
+    clock = FakeClock()
+    watcher = DirectoryWatcher("/jobs", settle_s=SETTLE_S, closed_s=CLOSED_S, clock=clock)
+    due: float | None = None  # the model: when A is to be handed over
+    try:
+        for step, gap_ms in steps:
+            clock.now += gap_ms / 1000
+            if step == "look":
+                handed = A in watcher.settled()
+                assert handed is (due is not None and due <= clock.now)
+                due = None if handed else due
+            else:
+                event, wait_s = EVENTS[step]
+                watcher.on_event(event)
+                due = clock.now + wait_s
+            if due is not None:
+                next_deadline = watcher.next_deadline()
+                assert next_deadline is not None and next_deadline <= due
+    finally:
+        watcher.stop()
 
 
 def test_paths_outside_the_directory_and_the_directory_itself_are_not_reported(fake):
@@ -242,6 +372,65 @@ def test_reading_a_file_is_not_a_change(jobs):
         handle.read()
     write(os.path.join(directory, "marker.json"))  # events arrive in order
     assert settle(watcher, join(directory, "marker.json")) == join(directory, "marker.json")
+    # The marker was handed over as soon as it was closed: had the read been recorded,
+    # it would still be waiting.
+    assert watcher.next_deadline() is None
+
+
+# With settle_s far beyond any wait here: whatever is handed over did not settle.
+PATIENT_S = 3600.0
+
+
+@pytest.fixture
+def patient(tmp_path) -> Iterator[tuple[DirectoryWatcher, str]]:
+    directory = tmp_path / "jobs.d"
+    directory.mkdir()
+    watcher = DirectoryWatcher(str(directory), settle_s=PATIENT_S)
+    watcher.start()
+    if watcher.polling:  # polling reports neither closes nor (reliably) renames
+        watcher.stop()
+        pytest.skip("no inotify here")
+    yield watcher, str(directory)
+    watcher.stop()
+
+
+def replace_save(d: str) -> None:  # as most tools save
+    write(os.path.join(d, ".a.json.tmp"), '{"changed": 1}')
+    os.replace(os.path.join(d, ".a.json.tmp"), os.path.join(d, "a.json"))
+
+
+@pytest.mark.parametrize("change, complete, left", [
+    (replace_save, "a.json", ".a.json.tmp"),
+    (lambda d: write(os.path.join(d, "a.json")), "a.json", None),
+    (lambda d: os.rename(os.path.join(d, "a.json"), os.path.join(d, "b.json")), "b.json",
+     "a.json"),
+], ids=["os.replace", "written and closed", "renamed inside"])
+def test_a_complete_file_is_handed_over_without_settling(patient, change, complete, left):
+    watcher, directory = patient
+    write(os.path.join(directory, "a.json"))
+    settle(watcher, join(directory, "a.json"))
+    change(directory)
+    seen = settle(watcher, join(directory, complete))
+    if left is None:
+        assert watcher.next_deadline() is None
+    else:  # the name the file left (a temp name, the old name) still settles, as before
+        assert os.path.join(directory, left) not in seen
+        deadline = watcher.next_deadline()
+        assert deadline is not None and deadline > time.monotonic() + PATIENT_S / 2
+
+
+def test_a_file_still_being_written_waits_to_settle(patient):
+    watcher, directory = patient
+    path, marker = os.path.join(directory, "a.json"), os.path.join(directory, "marker.json")
+    with open(path, "w") as handle:
+        handle.write("{")
+        handle.flush()  # created, modified: not complete
+        write(marker)  # created, modified, closed: complete
+        assert settle(watcher, {marker}) == {marker}  # a.json's events came first
+        deadline = watcher.next_deadline()
+        assert deadline is not None and deadline > time.monotonic() + PATIENT_S / 2
+        handle.write("}")
+    assert settle(watcher, {path}) == {path}  # closed: complete
 
 
 def wait_for_restart(watcher: DirectoryWatcher) -> None:
