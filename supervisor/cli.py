@@ -63,8 +63,9 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
               help="How often the jobs directory is rescanned as a safety net for lost "
                    "file events.")
 @click.option("--heartbeat-timeout", default=10.0, show_default=True, metavar="SECONDS",
-              type=click.FloatRange(min=1),
-              help="A busy worker silent for this long (stopped, wedged) is replaced.")
+              type=click.FloatRange(min=2),
+              help="A busy worker silent for this long (stopped, wedged) is replaced "
+                   "(it reports every second).")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
           socket_group: str | None, metrics_port: int | None, metrics_address: str,

@@ -292,7 +292,7 @@ def torn_result_worker(conn, worker_id: int, coordinator_pid: int) -> None:
     become_child_process(coordinator_pid)
     message = receive_message(conn)
     execution = Execution.from_message(message["run"])
-    send_message(conn, {"started": execution.run_id})
+    send_message(conn, {"heartbeat": execution.run_id})
     record = {"event": "execution", "job_id": execution.job_id, "run_id": execution.run_id,
               "status": "SUCCESS", "output_tail": "\x01" * 4096}  # 6 bytes each in JSON
     payload = json.dumps({"result": record}).encode()
