@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import time
@@ -196,6 +197,7 @@ class LoggerLink:
         self._on_restart = on_restart
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: Channel | None = None
+        self._exit_poll = select.poll()  # the current logger's sentinel (see start)
         self._next_seq = 1
         # Unacknowledged (seq, record, encoded size), oldest first; the first _in_flight
         # of them have been handed to the current channel, the rest wait.
@@ -238,6 +240,9 @@ class LoggerLink:
             child_end.close()  # the child has its copy; ours would hide EOF from it
         self._process = process
         self._channel = Channel(parent_end)
+        # Asking process.exitcode builds a selector each time; the loop asks every step.
+        self._exit_poll = select.poll()
+        self._exit_poll.register(process.sentinel, select.POLLIN)
         self._in_flight = 0
         self._in_flight_bytes = 0
         self.pump()
@@ -283,7 +288,7 @@ class LoggerLink:
             self.start()
             return True
         channel_closed = self._channel is not None and self._channel.closed
-        if process.exitcode is None and not channel_closed:
+        if not channel_closed and not self._exit_poll.poll(0):
             return False
         old_pid = process.pid
         self._take_acks()  # what the dead logger acknowledged need not be written again

@@ -225,8 +225,8 @@ class WorkerPool:
                 self._finished.append(record)
                 slot.execution = None
                 slot.started_at = None
-        if (slot.execution is not None and slot.process.exitcode is None
-                and now - slot.last_heard > self.heartbeat_timeout_s):
+        if (slot.execution is not None and now - slot.last_heard > self.heartbeat_timeout_s
+                and slot.process.exitcode is None):
             self.on_event({"event": "worker_unresponsive", "level": "error",
                            "worker": slot.worker_id, "pid": slot.process.pid,
                            "job_id": slot.execution.job_id,
