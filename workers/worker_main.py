@@ -73,6 +73,10 @@ class _Link:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._send_lock = threading.Lock()
+        # Whoever reads holds this. The main thread reads while idle or holding a run;
+        # the heartbeat thread only during a run, when the coordinator sends nothing but
+        # "stop" (a next run comes only after this run's result).
+        self.reading = threading.Lock()
         self.leave_when_idle = False  # the coordinator said stop while a run lasted
 
     def send(self, message: dict[str, Any]) -> None:
@@ -93,26 +97,32 @@ class _Heartbeat:
     cost the run's start a thread switch, an idle wake-up costs a few microseconds.
     """
 
-    def __init__(self, link: _Link, stop: _StopFlag) -> None:
+    def __init__(self, link: _Link, stop: _StopFlag, *, start: bool = True) -> None:
         self.link = link
         self.stop = stop
         self.run_id: str | None = None  # set by the main thread while a run lasts
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        if start:
+            threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
 
     def _beat(self) -> None:
         while True:
             time.sleep(HEARTBEAT_INTERVAL_S)
-            run_id = self.run_id
-            if run_id is None or self.stop.requested:
-                continue  # idle, or winding down: the record comes soon
-            try:
-                # The main thread never reads while a run lasts, so this thread may: a
-                # "stop" means leave after the run; end of stream, the coordinator died.
+            self.beat_once()
+
+    def beat_once(self) -> None:
+        run_id = self.run_id
+        if run_id is None or self.stop.requested:
+            return  # idle, or winding down: the record comes soon
+        try:
+            with self.link.reading:
+                if self.run_id != run_id:
+                    return  # the run ended meanwhile: the main thread reads now
+                # A "stop" means leave after the run; end of stream, the coordinator died.
                 if self.link.conn.poll(0):
                     self.link.receive()
-                self.link.send({"heartbeat": run_id})
-            except (OSError, EOFError):
-                self.stop.requested = True
+            self.link.send({"heartbeat": run_id})
+        except (OSError, EOFError):
+            self.stop.requested = True
 
 
 def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
@@ -123,7 +133,8 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
     heartbeat = _Heartbeat(link, stop)
     while not stop.requested and not link.leave_when_idle:
         try:
-            message = link.receive()
+            with link.reading:
+                message = link.receive()
         except (EOFError, OSError):
             return  # the coordinator is gone or closed our channel
         if "run" not in message:
@@ -131,7 +142,9 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
         execution = Execution.from_message(message["run"])
         stop.busy = True
         try:
-            if _hold_until_instant(link, execution, stop):
+            with link.reading:
+                on_time = _hold_until_instant(link, execution, stop)
+            if on_time:
                 heartbeat.run_id = execution.run_id
                 record = run_execution(execution, worker_id, stop)
                 heartbeat.run_id = None
