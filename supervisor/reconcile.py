@@ -68,9 +68,10 @@ class Reconciler:
         self._table: dict[str, JobSpec] = {}  # job_id -> effective spec (maybe last good)
         self._owner: dict[str, str] = {}  # job_id -> path
         self._owned: dict[str, str] = {}  # path -> job_id
-        # job_id -> {path: claim number} for every valid file naming that job_id; the
-        # smallest number among non-owners is next in line.
-        self._claims: dict[str, dict[str, int]] = {}
+        # job_id -> every valid file naming that job_id: its path when it is the only one
+        # (nearly always, and a dict per job would be most of a job's memory), else
+        # {path: claim number}, where the smallest number among non-owners is next in line.
+        self._claims: dict[str, str | dict[str, int]] = {}
         self._claim_numbers = itertools.count()
         self._errors: dict[str, str] = {}
 
@@ -113,13 +114,13 @@ class Reconciler:
         for path, new in observed.items():
             self._claim(path, new, before, departed)
         for job_id in sorted(before):
-            if job_id not in self._owner and self._claims.get(job_id):
+            if job_id not in self._owner and job_id in self._claims:
                 self._hand_over(job_id)
         changes = Changes()
         self._diff_jobs(before, changes)
         touched = set(observed)
         for job_id in before:
-            touched.update(self._claims.get(job_id, ()))
+            touched.update(self._claimants(job_id))
         self._diff_errors(touched, changes)
         return changes
 
@@ -155,9 +156,7 @@ class Reconciler:
         new_spec = new[1] if new is not None else None
         new_id = new_spec.job_id if new_spec is not None else None
         if old_id is not None and old_id != new_id:
-            del self._claims[old_id][path]
-            if not self._claims[old_id]:
-                del self._claims[old_id]
+            self._withdraw_claim(old_id, path)
         owned = self._owned.get(path)
         if owned is not None:
             before.setdefault(owned, self._table.get(owned))
@@ -179,9 +178,7 @@ class Reconciler:
         if new is None or new[1] is None:
             return
         job_id = new[1].job_id
-        claims = self._claims.setdefault(job_id, {})
-        if path not in claims:
-            claims[path] = next(self._claim_numbers)
+        if self._add_claim(job_id, path):
             before.setdefault(job_id, self._table.get(job_id))
         if departed.get(job_id) == new[0].inode and job_id not in self._owner:
             # The owner's file itself, renamed: it stays the owner, ahead of any claimant
@@ -190,7 +187,44 @@ class Reconciler:
 
     def _hand_over(self, job_id: str) -> None:
         claims = self._claims[job_id]
-        self._take(job_id, min(claims, key=claims.__getitem__))
+        if isinstance(claims, str):
+            self._take(job_id, claims)
+        else:
+            self._take(job_id, min(claims, key=claims.__getitem__))
+
+    # -- claims: a path, or {path: claim number} -----------------------------------------
+
+    def _claimants(self, job_id: str) -> tuple[str, ...]:
+        claims = self._claims.get(job_id)
+        if claims is None:
+            return ()
+        return (claims,) if isinstance(claims, str) else tuple(claims)
+
+    def _add_claim(self, job_id: str, path: str) -> bool:
+        """Record that ``path`` names ``job_id``; False if it already did."""
+        claims = self._claims.get(job_id)
+        if claims is None:
+            self._claims[job_id] = path
+            return True
+        if isinstance(claims, str):
+            if claims == path:
+                return False
+            # The one claimant so far claimed before this one: it keeps its place in line.
+            claims = self._claims[job_id] = {claims: next(self._claim_numbers)}
+        elif path in claims:
+            return False
+        claims[path] = next(self._claim_numbers)
+        return True
+
+    def _withdraw_claim(self, job_id: str, path: str) -> None:
+        claims = self._claims[job_id]
+        if isinstance(claims, str):
+            assert claims == path
+            del self._claims[job_id]
+            return
+        del claims[path]
+        if len(claims) == 1:
+            self._claims[job_id] = next(iter(claims))
 
     def _take(self, job_id: str, path: str) -> None:
         spec = self._files[path].spec

@@ -347,6 +347,20 @@ def test_earliest_waiting_claimant_takes_over(fs, rec, release):
     assert "x" not in changes.removed
 
 
+def test_claim_order_survives_the_claimants_dwindling_to_one_and_growing_again(fs, rec):
+    sync(rec, fs, fs.write("m.json", content("x", "first")))
+    sync(rec, fs, fs.write("n.json", content("x", "second")))
+    sync(rec, fs, fs.delete("m.json"))  # the waiting one takes over: one claimant left
+    assert table(rec)["x"] == (p("n.json"), "second") and rec.errors() == {}
+    sync(rec, fs, fs.write("z.json", content("x", "third")))
+    sync(rec, fs, fs.write("a.json", content("x", "fourth")))  # sorts first, claimed last
+    sync(rec, fs, fs.delete("n.json"))
+    assert table(rec)["x"] == (p("z.json"), "third")
+    assert list(rec.errors()) == [p("a.json")]
+    sync(rec, fs, fs.delete("z.json"))
+    assert table(rec)["x"] == (p("a.json"), "fourth") and rec.errors() == {}
+
+
 def test_handover_to_an_identical_claimant_is_a_rename(fs, rec):
     sync(rec, fs, fs.write("a.json", content("x")))
     sync(rec, fs, fs.write("b.json", content("x")))
@@ -501,6 +515,18 @@ class ReconcilerMachine(RuleBasedStateMachine):
                 assert errors[path].endswith(f'job_id "{spec.job_id}" is already claimed by '
                                              f"{owner}")
         assert set(errors) <= set(self.fs.snapshot())
+
+    @invariant()
+    def every_valid_file_holds_exactly_one_claim(self):
+        # Claims are kept compactly (a lone claimant as its path): none lost, none left over.
+        naming: dict[str, set[str]] = {}
+        for path, known in self.rec._files.items():
+            if known.spec is not None:
+                naming.setdefault(known.spec.job_id, set()).add(path)
+        assert {job_id: set(self.rec._claimants(job_id)) for job_id in self.rec._claims} \
+            == naming
+        assert all(isinstance(claims, str) or len(claims) > 1
+                   for claims in self.rec._claims.values())
 
     @precondition(lambda self: not self.touched)
     @invariant()
