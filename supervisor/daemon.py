@@ -20,7 +20,6 @@ from supervisor.control_server import ControlServer, ControlSocketError
 from supervisor.coordinator import Coordinator, DaemonOptions
 from supervisor.diagnostics import Diagnostics
 from supervisor.logger_process import LoggerLink
-from supervisor.metrics import Metrics
 from supervisor.pool import WorkerPool
 from supervisor.sd_notify import Notifier
 from supervisor.watcher import DirectoryWatcher
@@ -29,8 +28,10 @@ from workers.run_processes import find_processes_with_env, signal_processes
 
 INSTANCE_VARIABLE = "TASKD_INSTANCE"
 
-_PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command",
-            "supervisor.logger_process"]
+# What the workers need, imported once in the fork server and shared by every worker.
+# Not the logger's modules (logging, python-json-logger): the one logger process imports
+# them after its fork, instead of each worker holding them (~0.7 MB each).
+_PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command"]
 
 
 def run_daemon(options: DaemonOptions) -> int:
@@ -45,7 +46,12 @@ def run_daemon(options: DaemonOptions) -> int:
             print(f"taskd: cannot open the control socket: {error}", file=sys.stderr)
             return 2
     diagnostics = Diagnostics()
-    metrics = Metrics() if options.metrics_port is not None else None
+    metrics = None
+    if options.metrics_port is not None:
+        # Imported only when asked for: prometheus_client and its HTTP server are ~8 MB
+        # of the coordinator's memory.
+        from supervisor.metrics import Metrics
+        metrics = Metrics()
     metrics_port = None
     if metrics is not None:
         try:  # before any child starts: a port in use is a usage error
