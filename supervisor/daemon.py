@@ -25,6 +25,7 @@ from supervisor.sd_notify import Notifier
 from supervisor.watcher import DirectoryWatcher
 from workers.execution import new_run_id
 from workers.run_processes import find_processes_with_env, signal_processes
+from workers.task_type import REGISTRY_VARIABLE, registry_for_children
 
 INSTANCE_VARIABLE = "TASKD_INSTANCE"
 
@@ -119,10 +120,12 @@ def _prepare_child_environment() -> None:
 
     ``TASKD_INSTANCE`` marks every process this daemon's tasks start, so the ones left
     running in the background by a finished run can still be found when taskd stops.
+    ``TASKD_TASK_TYPES`` hands the task-type registry down (see ``workers/task_type.py``).
     systemd's notify variables are for the coordinator only: a task that speaks the
     protocol would otherwise talk to systemd in taskd's name.
     """
     os.environ[INSTANCE_VARIABLE] = new_run_id()
+    os.environ[REGISTRY_VARIABLE] = registry_for_children()
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(name, None)
 
