@@ -168,7 +168,8 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
     return JobSpec(
         job_id=job_id,  # not interned: unique per job, interning only grows sys.intern's table
         file=file,
-        schedule=sys.intern(schedule),
+        # Shared by the jobs with one cron expression; a timestamp is usually one job's.
+        schedule=schedule if isinstance(trigger, OneTimeTrigger) else sys.intern(schedule),
         timezone=sys.intern(zone_name),
         trigger=trigger,
         task_type=task_type,

@@ -56,6 +56,7 @@ class _File:
     stamp: FileStamp
     spec: JobSpec | None  # the file's current content, when valid
     error: JobFileError | None  # why the current content is unusable
+    owns: str | None = None  # the job_id this file owns (maybe through a last good version)
 
 
 _Observed = tuple[FileStamp, JobSpec | None, JobFileError | None] | None  # None: gone
@@ -67,7 +68,6 @@ class Reconciler:
         self._files: dict[str, _File] = {}
         self._table: dict[str, JobSpec] = {}  # job_id -> effective spec (maybe last good)
         self._owner: dict[str, str] = {}  # job_id -> path
-        self._owned: dict[str, str] = {}  # path -> job_id
         # job_id -> every valid file naming that job_id: its path when it is the only one
         # (nearly always, and a dict per job would be most of a job's memory), else
         # {path: claim number}, where the smallest number among non-owners is next in line.
@@ -157,7 +157,7 @@ class Reconciler:
         new_id = new_spec.job_id if new_spec is not None else None
         if old_id is not None and old_id != new_id:
             self._withdraw_claim(old_id, path)
-        owned = self._owned.get(path)
+        owned = known.owns if known is not None else None
         if owned is not None:
             before.setdefault(owned, self._table.get(owned))
             if new_spec is not None and new_id == owned:
@@ -165,13 +165,14 @@ class Reconciler:
             elif new is None or new_spec is not None:
                 # Deleted, or now names another job_id: let it go. (Invalid content
                 # keeps the last good version and the job_id: nothing to do.)
-                del self._owner[owned], self._owned[path], self._table[owned]
+                del self._owner[owned], self._table[owned]
                 if new is None and known is not None:  # (known: always, as it owns)
                     departed[owned] = known.stamp.inode
+                owned = None
         if new is None:
             del self._files[path]
         else:
-            self._files[path] = _File(*new)
+            self._files[path] = _File(*new, owns=owned)
 
     def _claim(self, path: str, new: _Observed, before: dict[str, JobSpec | None],
                departed: dict[str, int]) -> None:
@@ -229,7 +230,8 @@ class Reconciler:
     def _take(self, job_id: str, path: str) -> None:
         spec = self._files[path].spec
         assert spec is not None  # only valid files hold claims
-        self._owner[job_id], self._owned[path], self._table[job_id] = path, job_id, spec
+        self._owner[job_id], self._table[job_id] = path, spec
+        self._files[path].owns = job_id
 
     def _diff_jobs(self, before: dict[str, JobSpec | None], changes: Changes) -> None:
         for job_id in sorted(before):
@@ -269,7 +271,7 @@ class Reconciler:
             known = self._files[path]
             if known.spec is None:
                 changes.events.append(_event("job_invalid", "error", path,
-                                             self._owned.get(path), error=new.message))
+                                             known.owns, error=new.message))
             else:
                 changes.events.append(_event("job_conflict", "error", path, known.spec.job_id,
                                              error=new.message,
@@ -280,7 +282,7 @@ class Reconciler:
         if known is None:
             return None
         if known.error is not None:
-            kept = path in self._owned
+            kept = known.owns is not None
             return FileProblem(path, str(known.error) + (KEPT_SUFFIX if kept else ""), kept)
         assert known.spec is not None
         owner = self._owner[known.spec.job_id]

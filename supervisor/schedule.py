@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from supervisor.jobspec import JobSpec
@@ -100,7 +101,7 @@ class Schedule:
         if when is None:
             self.wheel.cancel(state.spec.job_id)
         else:
-            self.wheel.schedule(state.spec.job_id, when.timestamp())
+            self.wheel.schedule(state.spec.job_id, _epoch_seconds(when))
 
     # -- time ------------------------------------------------------------------------
 
@@ -175,6 +176,13 @@ class Schedule:
     def manual(self, job_id: str, now: datetime) -> Occurrence | None:
         state = self.jobs.get(job_id)
         return None if state is None else Occurrence(state.spec, now, manual=True)
+
+
+@lru_cache(maxsize=4096)
+def _epoch_seconds(when: datetime) -> float:
+    """``when.timestamp()``: one float for all the jobs due at one instant (cron triggers
+    share their answers), not one per job."""
+    return when.timestamp()
 
 
 def _event(name: str, spec: JobSpec, scheduled: datetime, **fields: Any) -> dict[str, Any]:

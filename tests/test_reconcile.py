@@ -517,8 +517,9 @@ class ReconcilerMachine(RuleBasedStateMachine):
         assert set(errors) <= set(self.fs.snapshot())
 
     @invariant()
-    def every_valid_file_holds_exactly_one_claim(self):
-        # Claims are kept compactly (a lone claimant as its path): none lost, none left over.
+    def claims_and_ownership_are_kept_consistently(self):
+        # Claims are kept compactly (a lone claimant as its path): none lost, none left
+        # over; each owner file knows the job_id it owns.
         naming: dict[str, set[str]] = {}
         for path, known in self.rec._files.items():
             if known.spec is not None:
@@ -527,6 +528,8 @@ class ReconcilerMachine(RuleBasedStateMachine):
             == naming
         assert all(isinstance(claims, str) or len(claims) > 1
                    for claims in self.rec._claims.values())
+        owning = {path: known.owns for path, known in self.rec._files.items() if known.owns}
+        assert owning == {path: job_id for job_id, path in self.rec._owner.items()}
 
     @precondition(lambda self: not self.touched)
     @invariant()
