@@ -57,6 +57,11 @@ class _File:
     spec: JobSpec | None  # the file's current content, when valid
     error: JobFileError | None  # why the current content is unusable
     owns: str | None = None  # the job_id this file owns (maybe through a last good version)
+    kept: JobSpec | None = None  # that last good version, while the content is unusable
+
+    def table_spec(self) -> JobSpec | None:
+        """What the job table holds for the job this file owns."""
+        return self.spec if self.spec is not None else self.kept
 
 
 _Observed = tuple[FileStamp, JobSpec | None, JobFileError | None] | None  # None: gone
@@ -66,8 +71,8 @@ class Reconciler:
     def __init__(self, read: Callable[[str], JobSpec]) -> None:
         self._read = read
         self._files: dict[str, _File] = {}
-        self._table: dict[str, JobSpec] = {}  # job_id -> effective spec (maybe last good)
-        self._owner: dict[str, str] = {}  # job_id -> path
+        # job_id -> path; the job table is what each owner file holds (_File.table_spec)
+        self._owner: dict[str, str] = {}
         # job_id -> every valid file naming that job_id: its path when it is the only one
         # (nearly always, and a dict per job would be most of a job's memory), else
         # {path: claim number}, where the smallest number among non-owners is next in line.
@@ -78,7 +83,7 @@ class Reconciler:
     # -- queries ------------------------------------------------------------------------
 
     def jobs(self) -> dict[str, JobSpec]:
-        return dict(self._table)
+        return {job_id: self._files[path].table_spec() for job_id, path in self._owner.items()}
 
     def errors(self) -> dict[str, str]:
         return dict(self._errors)
@@ -158,21 +163,21 @@ class Reconciler:
         if old_id is not None and old_id != new_id:
             self._withdraw_claim(old_id, path)
         owned = known.owns if known is not None else None
-        if owned is not None:
-            before.setdefault(owned, self._table.get(owned))
-            if new_spec is not None and new_id == owned:
-                self._table[owned] = new_spec
-            elif new is None or new_spec is not None:
-                # Deleted, or now names another job_id: let it go. (Invalid content
-                # keeps the last good version and the job_id: nothing to do.)
-                del self._owner[owned], self._table[owned]
-                if new is None and known is not None:  # (known: always, as it owns)
+        kept = None
+        if owned is not None and known is not None:  # (known: always, as it owns)
+            before.setdefault(owned, known.table_spec())
+            if new is not None and new_spec is None:
+                kept = known.table_spec()  # invalid content: the last good version stays
+            elif new is None or new_id != owned:
+                # Deleted, or now names another job_id: let it go.
+                del self._owner[owned]
+                if new is None:
                     departed[owned] = known.stamp.inode
                 owned = None
         if new is None:
             del self._files[path]
         else:
-            self._files[path] = _File(*new, owns=owned)
+            self._files[path] = _File(*new, owns=owned, kept=kept)
 
     def _claim(self, path: str, new: _Observed, before: dict[str, JobSpec | None],
                departed: dict[str, int]) -> None:
@@ -180,11 +185,16 @@ class Reconciler:
             return
         job_id = new[1].job_id
         if self._add_claim(job_id, path):
-            before.setdefault(job_id, self._table.get(job_id))
+            before.setdefault(job_id, self._table(job_id))
         if departed.get(job_id) == new[0].inode and job_id not in self._owner:
             # The owner's file itself, renamed: it stays the owner, ahead of any claimant
             # already waiting ("renamed inside the directory: same job").
             self._take(job_id, path)
+
+    def _table(self, job_id: str) -> JobSpec | None:
+        """The job table's spec for ``job_id`` (maybe a last good version)."""
+        path = self._owner.get(job_id)
+        return None if path is None else self._files[path].table_spec()
 
     def _hand_over(self, job_id: str) -> None:
         claims = self._claims[job_id]
@@ -230,12 +240,12 @@ class Reconciler:
     def _take(self, job_id: str, path: str) -> None:
         spec = self._files[path].spec
         assert spec is not None  # only valid files hold claims
-        self._owner[job_id], self._table[job_id] = path, spec
+        self._owner[job_id] = path
         self._files[path].owns = job_id
 
     def _diff_jobs(self, before: dict[str, JobSpec | None], changes: Changes) -> None:
         for job_id in sorted(before):
-            old, new = before[job_id], self._table.get(job_id)
+            old, new = before[job_id], self._table(job_id)
             if new is None:
                 if old is not None:
                     changes.removed.append(job_id)

@@ -530,6 +530,8 @@ class ReconcilerMachine(RuleBasedStateMachine):
                    for claims in self.rec._claims.values())
         owning = {path: known.owns for path, known in self.rec._files.items() if known.owns}
         assert owning == {path: job_id for job_id, path in self.rec._owner.items()}
+        assert all(known.kept is None or (known.owns and known.spec is None)
+                   for known in self.rec._files.values())  # a last good version: owners only
 
     @precondition(lambda self: not self.touched)
     @invariant()
