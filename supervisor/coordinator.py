@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from supervisor.diagnostics import Diagnostics
 from supervisor.handoff import ExecutionQueue
-from supervisor.heap import collector_paused
+from supervisor.heap import bulk_load
 from supervisor.jobdir import snapshot, stamp
 from supervisor.jobspec import read_job_file
 from supervisor.reconcile import Changes, Reconciler
@@ -118,7 +118,7 @@ class Coordinator:
     def load(self) -> None:
         """The first full scan of the jobs directory."""
         started = self.clock.monotonic()
-        with collector_paused():
+        with bulk_load():
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
@@ -232,7 +232,7 @@ class Coordinator:
         """Compare the whole directory with the job table (the safety net, and SIGHUP)."""
         started = self.clock.monotonic()
         try:
-            with collector_paused():
+            with bulk_load():
                 self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
         except OSError as error:
             self.emit({"event": "jobs_dir_unreadable", "level": "error",
