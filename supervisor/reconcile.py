@@ -150,7 +150,7 @@ class Reconciler:
                     if known is not None:
                         observed[path] = None
                     continue
-                observed[path] = (stamp, None, error)
+                observed[path] = (stamp, None, _without_frames(error))
         return observed
 
     def _release(self, path: str, new: _Observed, before: dict[str, JobSpec | None],
@@ -300,6 +300,14 @@ class Reconciler:
             return None
         reason = f'job_id "{known.spec.job_id}" is already claimed by {owner}'
         return FileProblem(path, str(JobFileError(path, reason)), False)
+
+
+def _without_frames(error: JobFileError) -> JobFileError:
+    """The error without its traceback and the exception it replaced: kept with the file,
+    those would hold the frame that caught it, with every file read in that call, in a
+    reference cycle (only the cyclic collector frees it, and never once frozen)."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def _same(old: JobSpec, new: JobSpec) -> bool:

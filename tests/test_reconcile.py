@@ -6,6 +6,7 @@ The directory is an in-memory fake (path -> bytes); stamps come from a counter.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 
@@ -549,3 +550,20 @@ ReconcilerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow])
 test_random_histories = ReconcilerMachine.TestCase
 
+
+
+def test_an_unusable_file_leaves_no_reference_cycle_behind(fs, rec):
+    # A stored error with its traceback would hold the frame that caught it, and so every
+    # file read in that call, in a cycle: kept for as long as the file stays unusable, and
+    # never freed at all once a load has frozen it (coordinator: gc.freeze).
+    gc.collect()
+    gc.disable()
+    try:
+        fs.write("bad.json", INVALID)
+        fs.write("good.json", content("g"))
+        rec.full(fs.snapshot())
+        fs.write("bad.json", content("b"))
+        rec.full(fs.snapshot())
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
