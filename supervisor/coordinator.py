@@ -118,7 +118,7 @@ class Coordinator:
     def load(self) -> None:
         """The first full scan of the jobs directory."""
         started = self.clock.monotonic()
-        with bulk_load():
+        with bulk_load(), self.diagnostics.batched():
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
@@ -232,7 +232,7 @@ class Coordinator:
         """Compare the whole directory with the job table (the safety net, and SIGHUP)."""
         started = self.clock.monotonic()
         try:
-            with bulk_load():
+            with bulk_load(), self.diagnostics.batched():
                 self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
         except OSError as error:
             self.emit({"event": "jobs_dir_unreadable", "level": "error",

@@ -6,13 +6,17 @@ Every line has at least ``event``, ``level`` and ``time``; events about a job fi
 A line is serialized and written here, not through ``logging``: a first load of 100,000
 files emits 100,000 ``job_added`` lines, and a ``LogRecord`` and a formatter per line
 cost five times the JSON itself. The lines are the ones python-json-logger's formatter
-wrote (its encoder, so values JSON has no type for are shown the same way).
+wrote (its encoder, so values JSON has no type for are shown the same way). Inside
+``batched()`` (a load, a rescan) lines go out a chunk at a time: 100,000 writes to a
+file took a fifth of a load's time.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -21,6 +25,7 @@ from pythonjsonlogger.json import JsonEncoder
 from supervisor.json_line import one_line
 
 _ENCODER = JsonEncoder(ensure_ascii=False)
+BATCH_BYTES = 64 * 1024
 
 
 class Diagnostics:
@@ -28,6 +33,8 @@ class Diagnostics:
         self._stream = stream or sys.stderr
         self._lock = threading.Lock()  # one line at a time, as logging's handler had
         self.counts: dict[str, int] = {}
+        self._batch: list[str] | None = None  # lines held back inside batched()
+        self._batch_bytes = 0
 
     def emit(self, event: dict[str, Any]) -> None:
         name = event.get("event", "unknown")
@@ -37,10 +44,42 @@ class Diagnostics:
         self.counts[name] = self.counts.get(name, 0) + 1
         text = one_line(_ENCODER.encode(line)) + "\n"
         with self._lock:
-            try:
-                self._stream.write(text)
-                self._stream.flush()
-            except (OSError, ValueError):
-                # stderr closed or gone (EPIPE): the daemon goes on without its
-                # diagnostics, as it did when logging's handler swallowed the error.
-                pass
+            if self._batch is None:
+                self._write(text)
+                return
+            self._batch.append(text)
+            self._batch_bytes += len(text)
+            if self._batch_bytes >= BATCH_BYTES:
+                self._write_batch()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Write the lines emitted inside in chunks of about ``BATCH_BYTES``; all of them
+        are out when the block ends, however it ends."""
+        with self._lock:
+            outermost = self._batch is None
+            if outermost:
+                self._batch, self._batch_bytes = [], 0
+        try:
+            yield
+        finally:
+            if outermost:
+                with self._lock:
+                    self._write_batch()
+                    self._batch = None
+
+    def _write_batch(self) -> None:
+        assert self._batch is not None
+        if self._batch:
+            self._write("".join(self._batch))
+        self._batch.clear()
+        self._batch_bytes = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            # stderr closed or gone (EPIPE): the daemon goes on without its
+            # diagnostics, as it did when logging's handler swallowed the error.
+            pass

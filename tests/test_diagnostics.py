@@ -80,3 +80,42 @@ def test_a_stderr_that_is_gone_does_not_stop_the_daemon():
     closed.close()
     Diagnostics(closed).emit({"event": "stopped", "level": "info"})
     assert diagnostics.counts == {"job_added": 1}
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_batched_lines_are_the_same_lines_in_fewer_writes():
+    one_by_one, batched = _CountingStream(), _CountingStream()
+    events = [{"event": "job_added", "level": "info", "file": f"/jobs/{i}.json",
+               "job_id": str(i)} for i in range(3000)]
+    for event in events:
+        Diagnostics(one_by_one).emit(event)
+    diagnostics = Diagnostics(batched)
+    with diagnostics.batched():
+        for event in events[:10]:
+            diagnostics.emit(event)
+        assert batched.getvalue() == ""  # held back until the chunk fills or the block ends
+        with diagnostics.batched():  # nested: the outermost block decides
+            for event in events[10:]:
+                diagnostics.emit(event)
+    assert 1 < batched.writes < len(events) / 50
+    assert _TIME.sub("T", batched.getvalue()) == _TIME.sub("T", one_by_one.getvalue())
+    diagnostics.emit({"event": "ready"})  # after the block: written at once
+    assert json.loads(batched.getvalue().splitlines()[-1])["event"] == "ready"
+
+
+def test_a_batch_is_written_out_when_its_block_raises():
+    stream = io.StringIO()
+    diagnostics = Diagnostics(stream)
+    with pytest.raises(OSError), diagnostics.batched():
+        diagnostics.emit({"event": "job_added", "level": "info", "file": "/jobs/a.json"})
+        raise OSError("jobs dir gone")
+    assert json.loads(stream.getvalue())["file"] == "/jobs/a.json"
