@@ -31,7 +31,7 @@ INSTANCE_VARIABLE = "TASKD_INSTANCE"
 
 # What the workers need, imported once in the fork server and shared by every worker.
 # Not the logger's modules (logging, python-json-logger): the one logger process imports
-# them after its fork, instead of each worker holding them (~0.7 MB each).
+# them after its fork, instead of each worker holding them (~0.6 MB each).
 _PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command"]
 
 
