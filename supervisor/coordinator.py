@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from supervisor.diagnostics import Diagnostics
 from supervisor.handoff import ExecutionQueue
+from supervisor.heap import bulk_load
 from supervisor.jobdir import snapshot, stamp
 from supervisor.jobspec import read_job_file
 from supervisor.reconcile import Changes, Reconciler
@@ -120,7 +121,12 @@ class Coordinator:
 
     def load(self) -> None:
         """The first full scan of the jobs directory."""
-        self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+        started = self.clock.monotonic()
+        with bulk_load(), self.diagnostics.batched():
+            self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+        # The first safety-net rescan backs off as the later ones do: a rescan costs less
+        # than the load (nothing to parse), so this errs towards the quiet side.
+        self._back_off_rescan(self.clock.monotonic() - started)
         jobs = len(self.schedule.jobs)
         errors = len(self.reconciler.errors())
         self.emit({"event": "ready", "level": "info", "pid": os.getpid(), "jobs": jobs,
@@ -229,13 +235,16 @@ class Coordinator:
         """Compare the whole directory with the job table (the safety net, and SIGHUP)."""
         started = self.clock.monotonic()
         try:
-            self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+            with bulk_load(), self.diagnostics.batched():
+                self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
         except OSError as error:
             self.emit({"event": "jobs_dir_unreadable", "level": "error",
                        "file": self.options.jobs_dir, "error": str(error)})
+        self._back_off_rescan(self.clock.monotonic() - started)
+
+    def _back_off_rescan(self, took: float) -> None:
         # With a huge directory the periodic scan itself costs: keep it under about
         # 1/RESCAN_COST_FACTOR of the loop's time whatever the directory's size.
-        took = self.clock.monotonic() - started
         self._next_rescan = self.clock.monotonic() + max(self.options.rescan_interval_s,
                                                          RESCAN_COST_FACTOR * took)
 

@@ -20,17 +20,19 @@ from supervisor.control_server import ControlServer, ControlSocketError
 from supervisor.coordinator import Coordinator, DaemonOptions
 from supervisor.diagnostics import Diagnostics
 from supervisor.logger_process import LoggerLink
-from supervisor.metrics import Metrics
 from supervisor.pool import WorkerPool
 from supervisor.sd_notify import Notifier
 from supervisor.watcher import DirectoryWatcher
 from workers.execution import new_run_id
 from workers.run_processes import find_processes_with_env, signal_processes
+from workers.task_type import REGISTRY_VARIABLE, registry_for_children
 
 INSTANCE_VARIABLE = "TASKD_INSTANCE"
 
-_PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command",
-            "supervisor.logger_process"]
+# What the workers need, imported once in the fork server and shared by every worker.
+# Not the logger's modules (logging, python-json-logger): the one logger process imports
+# them after its fork, instead of each worker holding them (~0.6 MB each).
+_PRELOAD = ["workers.forkserver_init", "workers.worker_main", "workers.execute_command"]
 
 
 def run_daemon(options: DaemonOptions) -> int:
@@ -45,7 +47,12 @@ def run_daemon(options: DaemonOptions) -> int:
             print(f"taskd: cannot open the control socket: {error}", file=sys.stderr)
             return 2
     diagnostics = Diagnostics()
-    metrics = Metrics() if options.metrics_port is not None else None
+    metrics = None
+    if options.metrics_port is not None:
+        # Imported only when asked for: prometheus_client and its HTTP server are ~8 MB
+        # of the coordinator's memory.
+        from supervisor.metrics import Metrics
+        metrics = Metrics()
     metrics_port = None
     if metrics is not None:
         try:  # before any child starts: a port in use is a usage error
@@ -113,10 +120,12 @@ def _prepare_child_environment() -> None:
 
     ``TASKD_INSTANCE`` marks every process this daemon's tasks start, so the ones left
     running in the background by a finished run can still be found when taskd stops.
+    ``TASKD_TASK_TYPES`` hands the task-type registry down (see ``workers/task_type.py``).
     systemd's notify variables are for the coordinator only: a task that speaks the
     protocol would otherwise talk to systemd in taskd's name.
     """
     os.environ[INSTANCE_VARIABLE] = new_run_id()
+    os.environ[REGISTRY_VARIABLE] = registry_for_children()
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(name, None)
 

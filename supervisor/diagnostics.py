@@ -1,48 +1,85 @@
-"""Diagnostics: one JSON line per event on stderr (python-json-logger).
+"""Diagnostics: one JSON line per event on stderr.
 
 Every line has at least ``event``, ``level`` and ``time``; events about a job file carry
 ``file``. Execution records are not diagnostics: the logger process writes those.
+
+A line is serialized and written here, not through ``logging``: a first load of 100,000
+files emits 100,000 ``job_added`` lines, and a ``LogRecord`` and a formatter per line
+cost five times the JSON itself. The lines are the ones python-json-logger's formatter
+wrote (its encoder, so values JSON has no type for are shown the same way). Inside
+``batched()`` (a load, a rescan) lines go out a chunk at a time: 100,000 writes to a
+file took a fifth of a load's time.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonEncoder
 
 from supervisor.json_line import one_line
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
-
-
-class _EventFormatter(JsonFormatter):
-    """Only the event's own fields, in the order given, after ``event`` and ``level``."""
-
-    def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord,
-                   message_dict: dict[str, Any]) -> None:
-        log_record.update(record.msg if isinstance(record.msg, dict) else {})
-
-    def format(self, record: logging.LogRecord) -> str:
-        return one_line(super().format(record))
+_ENCODER = JsonEncoder(ensure_ascii=False)
+BATCH_BYTES = 64 * 1024
 
 
 class Diagnostics:
     def __init__(self, stream: TextIO | None = None) -> None:
-        self._logger = logging.Logger("taskd.diagnostics")
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(_EventFormatter(json_ensure_ascii=False))
-        self._logger.addHandler(handler)
+        self._stream = stream or sys.stderr
+        self._lock = threading.Lock()  # one line at a time, as logging's handler had
         self.counts: dict[str, int] = {}
+        self._batch: list[str] | None = None  # lines held back inside batched()
+        self._batch_bytes = 0
 
     def emit(self, event: dict[str, Any]) -> None:
         name = event.get("event", "unknown")
-        level = event.get("level", "info")
-        line = {"event": name, "level": level,
+        line = {"event": name, "level": event.get("level", "info"),
                 "time": datetime.now(UTC).isoformat(timespec="microseconds")}
         line.update((k, v) for k, v in event.items() if k not in ("event", "level"))
         self.counts[name] = self.counts.get(name, 0) + 1
-        self._logger.log(_LEVELS.get(level, logging.INFO), line)
+        text = one_line(_ENCODER.encode(line)) + "\n"
+        with self._lock:
+            if self._batch is None:
+                self._write(text)
+                return
+            self._batch.append(text)
+            self._batch_bytes += len(text)
+            if self._batch_bytes >= BATCH_BYTES:
+                self._write_batch()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Write the lines emitted inside in chunks of about ``BATCH_BYTES``; all of them
+        are out when the block ends, however it ends."""
+        with self._lock:
+            outermost = self._batch is None
+            if outermost:
+                self._batch, self._batch_bytes = [], 0
+        try:
+            yield
+        finally:
+            if outermost:
+                with self._lock:
+                    self._write_batch()
+                    self._batch = None
+
+    def _write_batch(self) -> None:
+        assert self._batch is not None
+        if self._batch:
+            self._write("".join(self._batch))
+        self._batch.clear()
+        self._batch_bytes = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            # stderr closed or gone (EPIPE): the daemon goes on without its
+            # diagnostics, as it did when logging's handler swallowed the error.
+            pass

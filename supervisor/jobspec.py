@@ -18,11 +18,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import MappingProxyType
 from typing import Any
 
 from supervisor.cron_expr import CronSyntaxError
 from supervisor.file_trust import untrusted_reason
+from supervisor.task_params import TaskParams
 from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
 from supervisor.zones import UTC, UnknownZoneError, zone_named
 from workers.params import is_unicode, show
@@ -166,9 +166,10 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
                                  "surrogate escape such as \\ud800)")
 
     return JobSpec(
-        job_id=sys.intern(job_id),
+        job_id=job_id,  # not interned: unique per job, interning only grows sys.intern's table
         file=file,
-        schedule=sys.intern(schedule),
+        # Shared by the jobs with one cron expression; a timestamp is usually one job's.
+        schedule=schedule if isinstance(trigger, OneTimeTrigger) else sys.intern(schedule),
         timezone=sys.intern(zone_name),
         trigger=trigger,
         task_type=task_type,
@@ -233,7 +234,7 @@ def _task(task: Any, file: str) -> tuple[str, Mapping[str, Any]]:
         # "command: ..." becomes "task.command: ..."; "unknown key ..." "task: unknown key ..."
         joint = "." if _KEY_FIRST.match(str(error)) else ": "
         raise JobFileError(file, f"task{joint}{error}") from None
-    return sys.intern(type_name), MappingProxyType(dict(normalized))
+    return sys.intern(type_name), TaskParams(normalized)
 
 
 def _timeout(value: Any, file: str) -> float | None:

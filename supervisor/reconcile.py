@@ -57,6 +57,12 @@ class _File:
     stamp: FileStamp
     spec: JobSpec | None  # the file's current content, when valid
     error: JobFileError | None  # why the current content is unusable
+    owns: str | None = None  # the job_id this file owns (maybe through a last good version)
+    kept: JobSpec | None = None  # that last good version, while the content is unusable
+
+    def table_spec(self) -> JobSpec | None:
+        """What the job table holds for the job this file owns."""
+        return self.spec if self.spec is not None else self.kept
 
 
 _Observed = tuple[FileStamp, JobSpec | None, JobFileError | None] | None  # None: gone
@@ -66,19 +72,19 @@ class Reconciler:
     def __init__(self, read: Callable[[str], JobSpec]) -> None:
         self._read = read
         self._files: dict[str, _File] = {}
-        self._table: dict[str, JobSpec] = {}  # job_id -> effective spec (maybe last good)
-        self._owner: dict[str, str] = {}  # job_id -> path
-        self._owned: dict[str, str] = {}  # path -> job_id
-        # job_id -> {path: claim number} for every valid file naming that job_id; the
-        # smallest number among non-owners is next in line.
-        self._claims: dict[str, dict[str, int]] = {}
+        # job_id -> path; the job table is what each owner file holds (_File.table_spec)
+        self._owner: dict[str, str] = {}
+        # job_id -> every valid file naming that job_id: its path when it is the only one
+        # (nearly always, and a dict per job would be most of a job's memory), else
+        # {path: claim number}, where the smallest number among non-owners is next in line.
+        self._claims: dict[str, str | dict[str, int]] = {}
         self._claim_numbers = itertools.count()
         self._errors: dict[str, str] = {}
 
     # -- queries ------------------------------------------------------------------------
 
     def jobs(self) -> dict[str, JobSpec]:
-        return dict(self._table)
+        return {job_id: self._files[path].table_spec() for job_id, path in self._owner.items()}
 
     def errors(self) -> dict[str, str]:
         return dict(self._errors)
@@ -135,13 +141,13 @@ class Reconciler:
         for path, new in observed.items():
             self._claim(path, new, before, departed)
         for job_id in sorted(before):
-            if job_id not in self._owner and self._claims.get(job_id):
+            if job_id not in self._owner and job_id in self._claims:
                 self._hand_over(job_id)
         changes = Changes()
         self._diff_jobs(before, changes)
         touched = set(observed)
         for job_id in before:
-            touched.update(self._claims.get(job_id, ()))
+            touched.update(self._claimants(job_id))
         self._diff_errors(touched, changes)
         return changes
 
@@ -166,7 +172,7 @@ class Reconciler:
                     if known is not None:
                         observed[path] = None
                     continue
-                observed[path] = (stamp, None, error)
+                observed[path] = (stamp, None, _without_frames(error))
         return observed
 
     def _release(self, path: str, new: _Observed, before: dict[str, JobSpec | None],
@@ -177,51 +183,91 @@ class Reconciler:
         new_spec = new[1] if new is not None else None
         new_id = new_spec.job_id if new_spec is not None else None
         if old_id is not None and old_id != new_id:
-            del self._claims[old_id][path]
-            if not self._claims[old_id]:
-                del self._claims[old_id]
-        owned = self._owned.get(path)
-        if owned is not None:
-            before.setdefault(owned, self._table.get(owned))
-            if new_spec is not None and new_id == owned:
-                self._table[owned] = new_spec
-            elif new is None or new_spec is not None:
-                # Deleted, or now names another job_id: let it go. (Invalid content
-                # keeps the last good version and the job_id: nothing to do.)
-                del self._owner[owned], self._owned[path], self._table[owned]
-                if new is None and known is not None:  # (known: always, as it owns)
+            self._withdraw_claim(old_id, path)
+        owned = known.owns if known is not None else None
+        kept = None
+        if owned is not None and known is not None:  # (known: always, as it owns)
+            before.setdefault(owned, known.table_spec())
+            if new is not None and new_spec is None:
+                kept = known.table_spec()  # invalid content: the last good version stays
+            elif new is None or new_id != owned:
+                # Deleted, or now names another job_id: let it go.
+                del self._owner[owned]
+                if new is None:
                     departed[owned] = known.stamp.inode
+                owned = None
         if new is None:
             del self._files[path]
         else:
-            self._files[path] = _File(*new)
+            self._files[path] = _File(*new, owns=owned, kept=kept)
 
     def _claim(self, path: str, new: _Observed, before: dict[str, JobSpec | None],
                departed: dict[str, int]) -> None:
         if new is None or new[1] is None:
             return
         job_id = new[1].job_id
-        claims = self._claims.setdefault(job_id, {})
-        if path not in claims:
-            claims[path] = next(self._claim_numbers)
-            before.setdefault(job_id, self._table.get(job_id))
+        if self._add_claim(job_id, path):
+            before.setdefault(job_id, self._table(job_id))
         if departed.get(job_id) == new[0].inode and job_id not in self._owner:
             # The owner's file itself, renamed: it stays the owner, ahead of any claimant
             # already waiting ("renamed inside the directory: same job").
             self._take(job_id, path)
 
+    def _table(self, job_id: str) -> JobSpec | None:
+        """The job table's spec for ``job_id`` (maybe a last good version)."""
+        path = self._owner.get(job_id)
+        return None if path is None else self._files[path].table_spec()
+
     def _hand_over(self, job_id: str) -> None:
         claims = self._claims[job_id]
-        self._take(job_id, min(claims, key=claims.__getitem__))
+        if isinstance(claims, str):
+            self._take(job_id, claims)
+        else:
+            self._take(job_id, min(claims, key=claims.__getitem__))
+
+    # -- claims: a path, or {path: claim number} -----------------------------------------
+
+    def _claimants(self, job_id: str) -> tuple[str, ...]:
+        claims = self._claims.get(job_id)
+        if claims is None:
+            return ()
+        return (claims,) if isinstance(claims, str) else tuple(claims)
+
+    def _add_claim(self, job_id: str, path: str) -> bool:
+        """Record that ``path`` names ``job_id``; False if it already did."""
+        claims = self._claims.get(job_id)
+        if claims is None:
+            self._claims[job_id] = path
+            return True
+        if isinstance(claims, str):
+            if claims == path:
+                return False
+            # The one claimant so far claimed before this one: it keeps its place in line.
+            claims = self._claims[job_id] = {claims: next(self._claim_numbers)}
+        elif path in claims:
+            return False
+        claims[path] = next(self._claim_numbers)
+        return True
+
+    def _withdraw_claim(self, job_id: str, path: str) -> None:
+        claims = self._claims[job_id]
+        if isinstance(claims, str):
+            assert claims == path
+            del self._claims[job_id]
+            return
+        del claims[path]
+        if len(claims) == 1:
+            self._claims[job_id] = next(iter(claims))
 
     def _take(self, job_id: str, path: str) -> None:
         spec = self._files[path].spec
         assert spec is not None  # only valid files hold claims
-        self._owner[job_id], self._owned[path], self._table[job_id] = path, job_id, spec
+        self._owner[job_id] = path
+        self._files[path].owns = job_id
 
     def _diff_jobs(self, before: dict[str, JobSpec | None], changes: Changes) -> None:
         for job_id in sorted(before):
-            old, new = before[job_id], self._table.get(job_id)
+            old, new = before[job_id], self._table(job_id)
             if new is None:
                 if old is not None:
                     changes.removed.append(job_id)
@@ -257,7 +303,7 @@ class Reconciler:
             known = self._files[path]
             if known.spec is None:
                 changes.events.append(_event("job_invalid", "error", path,
-                                             self._owned.get(path), error=new.message))
+                                             known.owns, error=new.message))
             else:
                 changes.events.append(_event("job_conflict", "error", path, known.spec.job_id,
                                              error=new.message,
@@ -268,7 +314,7 @@ class Reconciler:
         if known is None:
             return None
         if known.error is not None:
-            kept = path in self._owned
+            kept = known.owns is not None
             return FileProblem(path, str(known.error) + (KEPT_SUFFIX if kept else ""), kept)
         assert known.spec is not None
         owner = self._owner[known.spec.job_id]
@@ -276,6 +322,14 @@ class Reconciler:
             return None
         reason = f'job_id "{known.spec.job_id}" is already claimed by {owner}'
         return FileProblem(path, str(JobFileError(path, reason)), False)
+
+
+def _without_frames(error: JobFileError) -> JobFileError:
+    """The error without its traceback and the exception it replaced: kept with the file,
+    those would hold the frame that caught it, with every file read in that call, in a
+    reference cycle (only the cyclic collector frees it, and never once frozen)."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def _same(old: JobSpec, new: JobSpec) -> bool:

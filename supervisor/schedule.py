@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from supervisor.jobspec import JobSpec
@@ -43,15 +44,51 @@ HISTORY_LENGTH = 20
 
 
 @dataclass(slots=True)
-class JobState:
-    spec: JobSpec
-    next_fire: datetime | None = None
+class Runs:
+    """What a job's runs have left behind."""
+
     in_flight: int = 0
     last_started: str | None = None  # ISO timestamp of the last finished run's start
     last_status: str | None = None
     last_error: str | None = None
-    # Created on the first run, so 100,000 jobs that never ran cost nothing here.
-    history: deque[dict[str, Any]] | None = None
+    history: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
+
+
+_NEVER_RAN = Runs(history=deque(maxlen=0))  # read-only stand-in: never written to
+
+
+@dataclass(slots=True)
+class JobState:
+    spec: JobSpec
+    next_fire: datetime | None = None
+    # Created by the first run, so 100,000 jobs that never ran cost one pointer each here.
+    runs: Runs | None = None
+
+    def started(self) -> Runs:
+        if self.runs is None:
+            self.runs = Runs()
+        return self.runs
+
+    @property
+    def in_flight(self) -> int:
+        return (self.runs or _NEVER_RAN).in_flight
+
+    @property
+    def last_started(self) -> str | None:
+        return (self.runs or _NEVER_RAN).last_started
+
+    @property
+    def last_status(self) -> str | None:
+        return (self.runs or _NEVER_RAN).last_status
+
+    @property
+    def last_error(self) -> str | None:
+        return (self.runs or _NEVER_RAN).last_error
+
+    @property
+    def history(self) -> deque[dict[str, Any]] | None:
+        return None if self.runs is None else self.runs.history
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +149,7 @@ class Schedule:
         if when is None:
             self.wheel.cancel(state.spec.job_id)
         else:
-            self.wheel.schedule(state.spec.job_id, when.timestamp())
+            self.wheel.schedule(state.spec.job_id, _epoch_seconds(when))
 
     # -- time ------------------------------------------------------------------------
 
@@ -202,25 +239,31 @@ class Schedule:
     def run_started(self, job_id: str) -> None:
         state = self.jobs.get(job_id)
         if state is not None:
-            state.in_flight += 1
+            state.started().in_flight += 1
 
     def run_finished(self, record: dict[str, Any]) -> None:
         state = self.jobs.get(record["job_id"])
         if state is None:
             return  # the job was removed while it ran
-        state.in_flight = max(0, state.in_flight - 1)
-        state.last_started = record["timestamp"]
-        state.last_status = record["status"]
-        state.last_error = record["error"]
-        if state.history is None:
-            state.history = deque(maxlen=HISTORY_LENGTH)
-        state.history.append({key: record.get(key) for key in (
+        runs = state.started()
+        runs.in_flight = max(0, runs.in_flight - 1)
+        runs.last_started = record["timestamp"]
+        runs.last_status = record["status"]
+        runs.last_error = record["error"]
+        runs.history.append({key: record.get(key) for key in (
             "run_id", "timestamp", "scheduled_for", "status", "duration_ms", "exit_code",
             "error", "worker", "manual")})
 
     def manual(self, job_id: str, now: datetime) -> Occurrence | None:
         state = self.jobs.get(job_id)
         return None if state is None else Occurrence(state.spec, now, manual=True)
+
+
+@lru_cache(maxsize=4096)
+def _epoch_seconds(when: datetime) -> float:
+    """``when.timestamp()``: one float for all the jobs due at one instant (cron triggers
+    share their answers), not one per job."""
+    return when.timestamp()
 
 
 def _event(name: str, spec: JobSpec, scheduled: datetime, **fields: Any) -> dict[str, Any]:

@@ -6,13 +6,22 @@ timeout the coordinator asked for, so the tests also check how long it chose to 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from supervisor.coordinator import HANDOFF_LEAD_S, MAX_SLEEP_S, Coordinator, DaemonOptions
+import supervisor.coordinator
+from supervisor.coordinator import (
+    HANDOFF_LEAD_S,
+    MAX_SLEEP_S,
+    RESCAN_COST_FACTOR,
+    Coordinator,
+    DaemonOptions,
+)
 from supervisor.diagnostics import Diagnostics
 from supervisor.sd_notify import Notifier
 
@@ -261,6 +270,61 @@ def test_periodic_rescan_is_the_safety_net(world, tmp_path):
     while world.clock.mono < 1000.0 + world.options.rescan_interval_s + 1:
         world.step(wait=world.test_wait)
     assert "late" in world.schedule.jobs
+
+
+def slow_snapshots(monkeypatch, clock, seconds: float) -> None:
+    """Every directory scan takes ``seconds`` of the fake monotonic clock."""
+    real = supervisor.coordinator.snapshot
+
+    def snapshot(directory):
+        clock.mono += seconds
+        return real(directory)
+
+    monkeypatch.setattr(supervisor.coordinator, "snapshot", snapshot)
+
+
+def test_a_slow_load_backs_the_first_safety_net_rescan_off(world, tmp_path, monkeypatch):
+    slow_snapshots(monkeypatch, world.clock, 2.0)
+    world.load()
+    loaded_at = world.clock.mono
+    write_job(tmp_path, "late.json", schedule="0 0 1 1 *")  # no event reaches the watcher
+    back_off = RESCAN_COST_FACTOR * 2.0
+    assert back_off > 10 * world.options.rescan_interval_s
+    while world.clock.mono < loaded_at + back_off - 1:
+        world.step(wait=world.test_wait)
+    assert "late" not in world.schedule.jobs  # not at 30 s: the load said scans are dear
+    while world.clock.mono < loaded_at + back_off + 5:
+        world.step(wait=world.test_wait)
+    assert "late" in world.schedule.jobs
+
+
+def test_a_quick_load_keeps_the_rescan_interval(world, tmp_path):
+    world.load()  # the fake clock does not move: the load took no time
+    write_job(tmp_path, "late.json", schedule="0 0 1 1 *")
+    while world.clock.mono < 1000.0 + world.options.rescan_interval_s - 1:
+        world.step(wait=world.test_wait)
+    assert "late" not in world.schedule.jobs
+    while world.clock.mono < 1000.0 + world.options.rescan_interval_s + 1:
+        world.step(wait=world.test_wait)
+    assert "late" in world.schedule.jobs
+
+
+def test_collector_on_after_load_and_rescans_even_when_they_fail(world, tmp_path):
+    gc.enable()
+    write_job(tmp_path, "j.json")
+    try:
+        world.load()
+        assert gc.isenabled() and "j" in world.schedule.jobs
+        shutil.rmtree(tmp_path)
+        world.request_reload("test")
+        world.step(wait=world.test_wait)
+        assert events(world, "jobs_dir_unreadable")
+        assert gc.isenabled()
+        with pytest.raises(OSError):
+            world.load()  # no directory at all: the daemon reports it and stops
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
 
 
 def test_manual_run_and_unknown_job(world, tmp_path):

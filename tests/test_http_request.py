@@ -17,7 +17,6 @@ from workers.task_type import (
     OUTPUT_TAIL_BYTES,
     RunContext,
     TaskParamsError,
-    installed_task_types,
     registered_task_types,
     task_type_named,
 )
@@ -97,10 +96,8 @@ def test_validate_rejects_with_one_line_message(params: Any, message: str) -> No
 
 
 def test_entry_point_resolves_to_the_class() -> None:
-    installed_task_types.cache_clear()
-    task_type_named.cache_clear()
+    registered_task_types.cache_clear()
     assert task_type_named("http_request") is HttpRequest
-    assert registered_task_types()["http_request"] is HttpRequest
     assert HttpRequest.name == "http_request"
 
 

@@ -6,6 +6,7 @@ The directory is an in-memory fake (path -> bytes); stamps come from a counter.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 
@@ -369,6 +370,20 @@ def test_earliest_waiting_claimant_takes_over(fs, rec, release):
     assert "x" not in changes.removed
 
 
+def test_claim_order_survives_the_claimants_dwindling_to_one_and_growing_again(fs, rec):
+    sync(rec, fs, fs.write("m.json", content("x", "first")))
+    sync(rec, fs, fs.write("n.json", content("x", "second")))
+    sync(rec, fs, fs.delete("m.json"))  # the waiting one takes over: one claimant left
+    assert table(rec)["x"] == (p("n.json"), "second") and rec.errors() == {}
+    sync(rec, fs, fs.write("z.json", content("x", "third")))
+    sync(rec, fs, fs.write("a.json", content("x", "fourth")))  # sorts first, claimed last
+    sync(rec, fs, fs.delete("n.json"))
+    assert table(rec)["x"] == (p("z.json"), "third")
+    assert list(rec.errors()) == [p("a.json")]
+    sync(rec, fs, fs.delete("z.json"))
+    assert table(rec)["x"] == (p("a.json"), "fourth") and rec.errors() == {}
+
+
 def test_handover_to_an_identical_claimant_is_a_rename(fs, rec):
     sync(rec, fs, fs.write("a.json", content("x")))
     sync(rec, fs, fs.write("b.json", content("x")))
@@ -534,6 +549,23 @@ class ReconcilerMachine(RuleBasedStateMachine):
                                              f"{owner}")
         assert set(errors) <= set(self.fs.snapshot())
 
+    @invariant()
+    def claims_and_ownership_are_kept_consistently(self):
+        # Claims are kept compactly (a lone claimant as its path): none lost, none left
+        # over; each owner file knows the job_id it owns.
+        naming: dict[str, set[str]] = {}
+        for path, known in self.rec._files.items():
+            if known.spec is not None:
+                naming.setdefault(known.spec.job_id, set()).add(path)
+        assert {job_id: set(self.rec._claimants(job_id)) for job_id in self.rec._claims} \
+            == naming
+        assert all(isinstance(claims, str) or len(claims) > 1
+                   for claims in self.rec._claims.values())
+        owning = {path: known.owns for path, known in self.rec._files.items() if known.owns}
+        assert owning == {path: job_id for job_id, path in self.rec._owner.items()}
+        assert all(known.kept is None or (known.owns and known.spec is None)
+                   for known in self.rec._files.values())  # a last good version: owners only
+
     @precondition(lambda self: not self.touched)
     @invariant()
     def history_does_not_matter_without_problems(self):
@@ -550,3 +582,20 @@ ReconcilerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow])
 test_random_histories = ReconcilerMachine.TestCase
 
+
+
+def test_an_unusable_file_leaves_no_reference_cycle_behind(fs, rec):
+    # A stored error with its traceback would hold the frame that caught it, and so every
+    # file read in that call, in a cycle: kept for as long as the file stays unusable, and
+    # never freed at all once a load has frozen it (coordinator: gc.freeze).
+    gc.collect()
+    gc.disable()
+    try:
+        fs.write("bad.json", INVALID)
+        fs.write("good.json", content("g"))
+        rec.full(fs.snapshot())
+        fs.write("bad.json", content("b"))
+        rec.full(fs.snapshot())
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -243,3 +243,23 @@ def test_with_a_lead_every_occurrence_is_accounted_once_and_none_starts_early(
             assert -10 <= ahead <= lead
     assert instants == sorted(set(instants))
     assert accounted == int((now + timedelta(seconds=lead) - T0).total_seconds() // period)
+
+
+def test_a_job_that_never_ran_keeps_no_run_record():
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="0 0 1 1 *"), T0)
+    state = s.jobs["j"]
+    assert state.runs is None
+    assert (state.in_flight, state.last_started, state.last_status, state.last_error,
+            state.history) == (0, None, None, None, None)
+    s.run_started("j")
+    s.run_started("j")
+    assert state.in_flight == 2 and state.last_status is None
+    s.run_finished({"job_id": "j", "timestamp": at(1).isoformat(), "status": "FAILURE",
+                    "error": "exit code 3", "run_id": "r1"})
+    assert (state.in_flight, state.last_started, state.last_status, state.last_error) == (
+        1, at(1).isoformat(), "FAILURE", "exit code 3")
+    assert [run["run_id"] for run in state.history] == ["r1"]
+    other = Schedule(T0, misfire_grace_s=60)
+    other.upsert(spec("k", schedule="0 0 1 1 *"), T0)
+    assert other.jobs["k"].in_flight == 0 and other.jobs["k"].history is None

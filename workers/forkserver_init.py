@@ -6,14 +6,8 @@ of its own. Signals meant for the daemon's group — Ctrl-C in a terminal, ``tim
 order (grace period, records written) instead of having them die under it. The children
 still cannot outlive the coordinator: the fork server exits when it does, and each child
 has a parent-death signal and sees end of stream on its channel.
-
-It also finds the installed task types once (a scan of the installed distributions'
-metadata), so no worker pays for that scan on its first run.
 """
 
 import os
 
-from workers.task_type import installed_task_types
-
 os.setpgid(0, 0)
-installed_task_types()

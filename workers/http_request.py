@@ -10,12 +10,9 @@ chunks; a wait already in progress ends by its timeout (DNS look-ups are not bou
 
 from __future__ import annotations
 
-import http.client
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,6 +71,13 @@ class HttpRequest(TaskType):
 
     @classmethod
     def run(cls, params: Mapping[str, Any], context: RunContext) -> TaskOutcome:
+        # Imported by the first run, not with the task type: the registry imports every
+        # type into every worker (and the coordinator, to validate), and urllib.request
+        # with http.client and ssl is ~5 MB of memory in each, HTTP tasks or not.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         timeout = float(params.get("timeout_s", DEFAULT_TIMEOUT_S))
         if context.timeout_s is not None:
             timeout = min(timeout, float(context.timeout_s))
@@ -178,6 +182,8 @@ def _is_positive_number(value: Any) -> bool:
 
 def _raw(response: Any) -> Any:
     """The http.client response (an HTTPError wraps it)."""
+    import urllib.error  # already imported by run(), the only caller
+
     if isinstance(response, urllib.error.HTTPError):
         return getattr(response, "fp", None) or response
     return response

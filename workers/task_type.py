@@ -4,18 +4,28 @@ A task type is a class registered under the ``taskd.task_types`` entry-point gro
 coordinator only ever calls ``validate`` (when a job file is read, so a bad task is
 rejected before it is scheduled); ``run`` is called inside a worker process. Nothing in
 the scheduling core names a concrete type: a new type is a new class plus an entry point.
+
+The daemon's children do not look the entry points up again: the coordinator hands its
+registry down in the environment (``REGISTRY_VARIABLE``), so a worker runs exactly the
+types its jobs were validated against, and no worker holds importlib.metadata (~1.5 MB
+of memory in each).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 
 ENTRY_POINT_GROUP = "taskd.task_types"
+#: ``{"name": "module:qualified.name", ...}`` (JSON): the registry a parent process found.
+#: Read and removed by the first lookup, so the tasks a worker runs never see it.
+REGISTRY_VARIABLE = "TASKD_TASK_TYPES"
 
 #: How much of a task's output a result carries (the log line's ``output_tail``).
 OUTPUT_TAIL_BYTES = 4096
@@ -71,26 +81,37 @@ class UnknownTaskType(LookupError):
 
 
 @cache
-def installed_task_types() -> dict[str, EntryPoint]:
-    """The entry points of every installed task type, by name; nothing imported yet.
-
-    The fork server calls this once (``workers.forkserver_init``), so every worker
-    starts with the scan done; each worker imports a type only when it first runs one.
-    """
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-@cache
-def task_type_named(name: str) -> type[TaskType]:
-    installed = installed_task_types()
-    try:
-        entry_point = installed[name]
-    except KeyError:
-        known = ", ".join(sorted(installed)) or "none installed"
-        raise UnknownTaskType(f"unknown task type {name!r} (known: {known})") from None
-    return entry_point.load()
-
-
 def registered_task_types() -> dict[str, type[TaskType]]:
-    """Every installed task type, by name, imported."""
-    return {name: task_type_named(name) for name in installed_task_types()}
+    """Every task type installed under the entry-point group, by name (or handed down)."""
+    handed = os.environ.pop(REGISTRY_VARIABLE, None)
+    if handed is not None:
+        return {name: _resolve(target) for name, target in json.loads(handed).items()}
+    from importlib.metadata import entry_points
+
+    found: dict[str, type[TaskType]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
+
+
+def registry_for_children() -> str:
+    """This process's registry as ``REGISTRY_VARIABLE``'s value, for the processes it starts."""
+    return json.dumps({name: f"{cls.__module__}:{cls.__qualname__}"
+                       for name, cls in registered_task_types().items()})
+
+
+def _resolve(target: str) -> type[TaskType]:
+    module, _, qualified_name = target.partition(":")
+    found: Any = importlib.import_module(module)
+    for name in qualified_name.split("."):
+        found = getattr(found, name)
+    return found
+
+
+def task_type_named(name: str) -> type[TaskType]:
+    types = registered_task_types()
+    try:
+        return types[name]
+    except KeyError:
+        known = ", ".join(sorted(types)) or "none installed"
+        raise UnknownTaskType(f"unknown task type {name!r} (known: {known})") from None

@@ -1,0 +1,65 @@
+"""The task-type registry: found through entry points, or handed down by the coordinator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from workers.execute_command import ExecuteCommand
+from workers.http_request import HttpRequest
+from workers.task_type import (
+    REGISTRY_VARIABLE,
+    registered_task_types,
+    registry_for_children,
+    task_type_named,
+)
+
+
+class Outer:
+    class Nested(ExecuteCommand):
+        name = "nested"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch):
+    monkeypatch.delenv(REGISTRY_VARIABLE, raising=False)
+    registered_task_types.cache_clear()
+    yield
+    registered_task_types.cache_clear()
+
+
+def test_entry_points_without_a_handed_down_registry():
+    assert registered_task_types() == {"execute_command": ExecuteCommand,
+                                       "http_request": HttpRequest}
+
+
+def test_a_handed_down_registry_is_used_and_removed_from_the_environment(monkeypatch):
+    monkeypatch.setenv(REGISTRY_VARIABLE, json.dumps(
+        {"shell": "workers.execute_command:ExecuteCommand",
+         "nested": f"{__name__}:Outer.Nested"}))
+    assert task_type_named("shell") is ExecuteCommand
+    assert task_type_named("nested") is Outer.Nested
+    assert REGISTRY_VARIABLE not in os.environ  # the tasks a worker runs never see it
+
+
+def test_what_the_coordinator_hands_down_is_its_own_registry(monkeypatch):
+    handed = registry_for_children()
+    own = registered_task_types()
+    registered_task_types.cache_clear()
+    monkeypatch.setenv(REGISTRY_VARIABLE, handed)
+    assert registered_task_types() == own
+
+
+def test_a_worker_with_the_registry_handed_down_never_imports_importlib_metadata():
+    code = ("import sys, workers.worker_main, workers.execute_command\n"
+            "from workers.task_type import task_type_named\n"
+            "assert task_type_named('execute_command').name == 'execute_command'\n"
+            "print('importlib.metadata' in sys.modules)")
+    env = {**os.environ, REGISTRY_VARIABLE: registry_for_children()}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
