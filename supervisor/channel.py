@@ -65,8 +65,8 @@ class Channel:
             self._write_waiter = waiter
         return self._write_waiter
 
-    def send(self, message: Any) -> None:
-        """Queue one message and push out as much as the socket takes now."""
+    def send(self, message: Any) -> int:
+        """Queue one message and push out as much as the socket takes now; its size."""
         payload = json.dumps(message, separators=(",", ":")).encode()
         if len(payload) >= 0x7FFFFFFF:
             self._out += _SHORT.pack(-1) + _LONG.pack(len(payload))
@@ -74,6 +74,7 @@ class Channel:
             self._out += _SHORT.pack(len(payload))
         self._out += payload
         self.flush()
+        return len(payload)
 
     def flush(self) -> bool:
         """Write what the socket accepts without blocking; True when nothing is left."""

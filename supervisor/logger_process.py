@@ -260,12 +260,9 @@ class LoggerLink:
         while self._in_flight < len(self._records) and (
             self._in_flight_bytes < self._max_in_flight_bytes
         ):
-            seq, record, size = self._records[self._in_flight]
-            message = {"seq": seq, "record": record}
-            if not size:
-                size = len(json.dumps(message, separators=(",", ":")))
-                self._records[self._in_flight] = (seq, record, size)
-            channel.send(message)
+            seq, record, _ = self._records[self._in_flight]
+            size = channel.send({"seq": seq, "record": record})
+            self._records[self._in_flight] = (seq, record, size)
             self._in_flight += 1
             self._in_flight_bytes += size
 
