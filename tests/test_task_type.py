@@ -13,6 +13,8 @@ from workers.execute_command import ExecuteCommand
 from workers.http_request import HttpRequest
 from workers.task_type import (
     REGISTRY_VARIABLE,
+    UnknownTaskType,
+    _handed_down,
     registered_task_types,
     registry_for_children,
     task_type_named,
@@ -27,9 +29,14 @@ class Outer:
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch):
     monkeypatch.delenv(REGISTRY_VARIABLE, raising=False)
-    registered_task_types.cache_clear()
+    _clear_caches()
     yield
-    registered_task_types.cache_clear()
+    _clear_caches()
+
+
+def _clear_caches() -> None:
+    for cached in (_handed_down, registered_task_types, task_type_named):
+        cached.cache_clear()
 
 
 def test_entry_points_without_a_handed_down_registry():
@@ -49,7 +56,7 @@ def test_a_handed_down_registry_is_used_and_removed_from_the_environment(monkeyp
 def test_what_the_coordinator_hands_down_is_its_own_registry(monkeypatch):
     handed = registry_for_children()
     own = registered_task_types()
-    registered_task_types.cache_clear()
+    _clear_caches()
     monkeypatch.setenv(REGISTRY_VARIABLE, handed)
     assert registered_task_types() == own
 
@@ -63,3 +70,21 @@ def test_a_worker_with_the_registry_handed_down_never_imports_importlib_metadata
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_handed_down_registry_imports_only_the_type_asked_for():
+    code = ("import sys, workers.execute_command\n"
+            "from workers.task_type import task_type_named\n"
+            "assert task_type_named('execute_command').name == 'execute_command'\n"
+            "print('workers.http_request' in sys.modules)")
+    env = {**os.environ, REGISTRY_VARIABLE: registry_for_children()}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_an_unknown_type_names_the_known_ones(monkeypatch):
+    monkeypatch.setenv(REGISTRY_VARIABLE, json.dumps(
+        {"shell": "workers.execute_command:ExecuteCommand"}))
+    with pytest.raises(UnknownTaskType, match=r"unknown task type 'nope' \(known: shell\)"):
+        task_type_named("nope")

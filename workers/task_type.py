@@ -81,11 +81,18 @@ class UnknownTaskType(LookupError):
 
 
 @cache
+def _handed_down() -> dict[str, str] | None:
+    """The registry the parent process handed down, if any; read once, then removed."""
+    handed = os.environ.pop(REGISTRY_VARIABLE, None)
+    return None if handed is None else json.loads(handed)
+
+
+@cache
 def registered_task_types() -> dict[str, type[TaskType]]:
     """Every task type installed under the entry-point group, by name (or handed down)."""
-    handed = os.environ.pop(REGISTRY_VARIABLE, None)
+    handed = _handed_down()
     if handed is not None:
-        return {name: _resolve(target) for name, target in json.loads(handed).items()}
+        return {name: _resolve(target) for name, target in handed.items()}
     from importlib.metadata import entry_points
 
     found: dict[str, type[TaskType]] = {}
@@ -108,10 +115,19 @@ def _resolve(target: str) -> type[TaskType]:
     return found
 
 
+@cache
 def task_type_named(name: str) -> type[TaskType]:
-    types = registered_task_types()
-    try:
-        return types[name]
-    except KeyError:
-        known = ", ".join(sorted(types)) or "none installed"
-        raise UnknownTaskType(f"unknown task type {name!r} (known: {known})") from None
+    """One task type by name. With a handed-down registry only that type's module is
+    imported: a worker's first run does not pay for every other type's imports."""
+    handed = _handed_down()
+    if handed is not None:
+        if name in handed:
+            return _resolve(handed[name])
+        known = sorted(handed)
+    else:
+        types = registered_task_types()
+        if name in types:
+            return types[name]
+        known = sorted(types)
+    raise UnknownTaskType(f"unknown task type {name!r} (known: "
+                          f"{', '.join(known) or 'none installed'})")
