@@ -12,4 +12,6 @@ _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028",
 
 def one_line(text: str) -> str:
     """``text`` (serialized JSON) with the Unicode line breaks escaped."""
+    if text.isascii():  # nearly every line; the check is ~80 times cheaper than translate
+        return text
     return text.translate(_LINE_BREAKS)
