@@ -86,7 +86,7 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise JobFileError(path, f"not a regular file (a {_file_kind(st.st_mode)})")
-        with open(fd, "rb") as handle:
+        try:
             if trusted_only:
                 reason = untrusted_reason(st, daemon_uid=os.geteuid())
                 if reason is not None:
@@ -94,14 +94,34 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
             size = st.st_size
             if size > MAX_FILE_BYTES:
                 raise JobFileError(path, f"larger than 1 MiB ({size} bytes)")
-            # Asking for just more than the stat said (not the 1 MiB limit) saves a 1 MiB
-            # buffer per file; a file that grew meanwhile is still caught below.
-            data = handle.read(size + 1)
-            if len(data) > size:
-                data += handle.read(MAX_FILE_BYTES + 1 - len(data))
+            data = _read_all(fd, size)
+        finally:
+            os.close(fd)
     except OSError as error:
         raise JobFileError(path, f"cannot read: {error.strerror or error}") from None
     return parse_job(data, path, default_zone=default_zone)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes, up to just over the 1 MiB limit.
+
+    Plain ``os.read`` rather than a file object (which costs an ``fstat``, an ``ioctl``
+    and a second ``read`` more per file: 100,000 files load measurably faster). One read
+    of ``size + 1`` is the whole file when it returns ``size`` bytes; more means the file
+    grew since the ``fstat`` and fewer a short read: either way read on to the end.
+    """
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data
+    chunks = [data]
+    total = len(data)
+    while total <= MAX_FILE_BYTES:
+        chunk = os.read(fd, MAX_FILE_BYTES + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def parse_job(data: bytes, file: str, *, default_zone: str) -> JobSpec:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 
 import pytest
 
-from supervisor.jobspec import MAX_FILE_BYTES, JobFileError, parse_job, read_job_file
+from supervisor.jobspec import MAX_FILE_BYTES, JobFileError, _read_all, parse_job, read_job_file
 from supervisor.triggers import CronTrigger, OneTimeTrigger
 from supervisor.zones import UTC
 
@@ -162,3 +163,23 @@ def test_read_job_file_round_trip(tmp_path):
     assert spec.file == str(path)
     assert spec.trigger.next_after(datetime(2029, 1, 1, tzinfo=UTC)) == datetime(
         2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("actual", "stat_said", "expected"), [
+    (100, 100, 100),  # as the stat said: one read
+    (100, 60, 100),  # grew after the stat: read on to the end
+    (100, 140, 100),  # shrank, or a short read: read on to the end
+    (0, 0, 0),
+    (MAX_FILE_BYTES + 50, 10, MAX_FILE_BYTES + 1),  # grew past the limit: just over it
+])
+def test_read_all_returns_the_whole_file_whatever_the_stat_said(
+        tmp_path, actual, stat_said, expected):
+    path = tmp_path / "f.json"
+    path.write_bytes(bytes(range(256)) * (actual // 256) + b"x" * (actual % 256))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = _read_all(fd, stat_said)
+    finally:
+        os.close(fd)
+    assert len(data) == expected
+    assert data == path.read_bytes()[:expected]
