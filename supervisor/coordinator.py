@@ -357,7 +357,7 @@ class Coordinator:
         self.notifier.notify("STOPPING=1")
         self.watcher.stop()
         self._collect(self.queue.drop_pending("shutdown"))
-        self.queue.stop_idle()
+        self.queue.stop_workers()
         grace_ends = self.clock.monotonic() + self.options.grace_period_s
         kill_at: float | None = None
         while self.queue.busy() or self.queue.alive():

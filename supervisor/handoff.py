@@ -42,8 +42,9 @@ class ExecutionQueue(Protocol):
     def drop_pending(self, error: str) -> list[dict[str, Any]]:
         """Record every execution still waiting as FAILURE ``error``; none will run."""
 
-    def stop_idle(self) -> None:
-        """Let idle workers go; busy ones finish their run first."""
+    def stop_workers(self) -> None:
+        """Let the workers go: idle ones now, busy ones after their run; a run handed
+        out ahead of its instant and not started yet is recorded FAILURE ``shutdown``."""
 
     def busy(self) -> list[Any]:
         """The runs still in progress."""

@@ -57,7 +57,6 @@ class WorkerSlot:
     restart_at: float | None = None  # monotonic; set while paused after flapping
     last_heard: float = 0.0  # monotonic; last message from the worker while busy
     spawns: int = 0
-    told_to_stop: bool = False  # shutdown: sent {"stop": true} already
 
     @property
     def state(self) -> str:
@@ -141,13 +140,12 @@ class WorkerPool:
         for slot in self.busy():
             _send_signal(slot.process, sig)
 
-    def stop_idle(self) -> None:
+    def stop_workers(self) -> None:
         """Ask every worker to leave (shutdown): idle ones at once, busy ones after their
         run; a worker still holding a run before its instant drops it (``shutdown``)."""
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.send({"stop": True})
-                slot.told_to_stop = True
 
     def kill_all(self, error: str) -> list[dict[str, Any]]:
         """Kill every worker now; the runs they held are recorded with ``error``."""
@@ -183,14 +181,12 @@ class WorkerPool:
     def stopping_service(self) -> list[dict[str, Any]]:
         """During shutdown: collect results and reap exits, never respawn or hand out.
 
-        A worker whose run ends during the grace period is told to leave at once.
+        Every worker has been told to leave (``stop_workers``); a busy one does once its
+        run has ended.
         """
         ready = self._ready_slots()
         for slot in self.slots:
             self._service_slot(slot, ready=slot.worker_id in ready, respawn=False)
-            if slot.execution is None and slot.channel is not None and not slot.told_to_stop:
-                slot.channel.send({"stop": True})
-                slot.told_to_stop = True
         finished, self._finished = self._finished, []
         return finished
 

@@ -78,7 +78,7 @@ class FakeQueue:
         self.pending = []
         return records
 
-    def stop_idle(self) -> None:
+    def stop_workers(self) -> None:
         pass
 
     def busy(self) -> list:

@@ -191,7 +191,7 @@ def test_stop_drops_a_run_held_before_its_instant(pool, tmp_path):
                      task_type="execute_command",
                      task_params={"command": f"touch {marker}", "env": {}, "cwd": None})
     pool.put(held)
-    pool.stop_idle()
+    pool.stop_workers()
     pump(pool, records, lambda: records and pool.alive() == 0, stopping=True)
     assert [(r["job_id"], r["status"], r["error"]) for r in records] == [
         ("held", "FAILURE", "shutdown")]
@@ -203,7 +203,7 @@ def test_stop_lets_a_started_run_finish(pool, tmp_path):
     records: list = []
     pool.put(execution(f"touch {began}; sleep 0.5; echo finished"))
     wait_until(began.exists, timeout=10)
-    pool.stop_idle()
+    pool.stop_workers()
     pump(pool, records, lambda: records, stopping=True)
     assert (records[0]["status"], records[0]["output_tail"]) == ("SUCCESS", "finished\n")
     pump(pool, records, lambda: pool.alive() == 0, stopping=True)  # and then it leaves
