@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from multiprocessing.connection import wait as wait_for
 from typing import Any, Protocol
 
 from supervisor.diagnostics import Diagnostics
@@ -29,6 +28,7 @@ from supervisor.handoff import ExecutionQueue
 from supervisor.heap import bulk_load
 from supervisor.jobdir import snapshot, stamp
 from supervisor.jobspec import read_job_file
+from supervisor.readiness import wait_readable
 from supervisor.reconcile import Changes, Reconciler
 from supervisor.schedule import Occurrence, Schedule
 from supervisor.sd_notify import Notifier
@@ -142,15 +142,21 @@ class Coordinator:
         while not self.stopping:
             self.step()
 
-    def step(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_for) -> None:
-        wait(self._wait_objects(), self._sleep_s())
-        self._read_signals()
+    def step(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_readable) -> None:
+        ready = wait(self._wait_objects(), self._sleep_s())
+        # What has its own wake-up object is looked at only when that object is ready
+        # (during a burst the loop steps about once per run).
+        if self._signal_reader in ready:
+            self._read_signals()
         if self.stopping:
             return  # shut_down() takes it from here; nothing new is started or respawned
-        self.logger.handle_readable()
-        self.logger.check()
+        logger_objects = self.logger.wait_objects()
+        if not logger_objects or _any_in(logger_objects, ready):  # none: it is restarting
+            self.logger.handle_readable()
+            self.logger.check()
         self._collect(self.queue.service())
-        if self.control is not None:
+        if self.control is not None and (self.control.clients
+                                         or _any_in(self.control.wait_objects(), ready)):
             self.control.service()  # may ask for a run, a reload or a stop
         self._watch()
         self._dispatch_due()  # ExecutionQueue.put hands out to idle workers at once
@@ -348,7 +354,8 @@ class Coordinator:
 
     # -- shutdown --------------------------------------------------------------------
 
-    def shut_down(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_for) -> None:
+    def shut_down(self, *, wait: Callable[[list[Any], float], list[Any]] = wait_readable
+                  ) -> None:
         """Stop scheduling; give running executions the grace period, then stop them.
 
         Every execution ends in a record: waiting ones and interrupted ones say
@@ -388,6 +395,10 @@ class Coordinator:
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
+
+
+def _any_in(objects: list[Any], ready: list[Any]) -> bool:
+    return any(obj in ready for obj in objects)
 
 
 def _record_only(signum: int, frame: object) -> None:

@@ -107,9 +107,10 @@ class WorkerPool:
         return objects
 
     def service(self) -> list[dict[str, Any]]:
-        ready = self._ready_slots()
+        readable, exited = self._ready_slots()
         for slot in self.slots:
-            self._service_slot(slot, ready=slot.worker_id in ready)
+            self._service_slot(slot, readable=slot.worker_id in readable,
+                               exited=slot.worker_id in exited)
         self._hand_out()
         finished, self._finished = self._finished, []
         return finished
@@ -184,20 +185,29 @@ class WorkerPool:
         Every worker has been told to leave (``stop_workers``); a busy one does once its
         run has ended.
         """
-        ready = self._ready_slots()
+        readable, exited = self._ready_slots()
         for slot in self.slots:
-            self._service_slot(slot, ready=slot.worker_id in ready, respawn=False)
+            self._service_slot(slot, readable=slot.worker_id in readable,
+                               exited=slot.worker_id in exited, respawn=False)
         finished, self._finished = self._finished, []
         return finished
 
     # -- internals ---------------------------------------------------------------------
 
-    def _ready_slots(self) -> set[int]:
-        """Ids of the workers whose channel or sentinel is readable now."""
-        return {self._slot_of_fd[fd].worker_id for fd, _ in self._readiness.poll(0)
-                if fd in self._slot_of_fd}
+    def _ready_slots(self) -> tuple[set[int], set[int]]:
+        """Ids of the workers whose channel is readable now, and of those that exited
+        (their sentinel is readable): only those need their exit code asked, which costs
+        ``multiprocessing`` a selector of its own each time."""
+        readable, exited = set(), set()
+        for fd, _ in self._readiness.poll(0):
+            slot = self._slot_of_fd.get(fd)
+            if slot is not None:
+                is_channel = slot.channel is not None and fd == slot.channel.fileno()
+                (readable if is_channel else exited).add(slot.worker_id)
+        return readable, exited
 
-    def _service_slot(self, slot: WorkerSlot, *, ready: bool, respawn: bool = True) -> None:
+    def _service_slot(self, slot: WorkerSlot, *, readable: bool, exited: bool,
+                      respawn: bool = True) -> None:
         if slot.process is None:
             if respawn and slot.restart_at is not None and self.monotonic() >= slot.restart_at:
                 slot.restart_at = None
@@ -212,7 +222,7 @@ class WorkerPool:
             unsent = slot.channel.unsent_bytes
             if slot.channel.flush() or slot.channel.unsent_bytes < unsent:
                 slot.last_heard = now
-        for message in slot.channel.receive() if ready else ():
+        for message in slot.channel.receive() if readable else ():
             slot.last_heard = now
             record = message.get("result") if isinstance(message, dict) else None
             if record is None or slot.execution is None:
@@ -229,8 +239,8 @@ class WorkerPool:
                            "silent_for_s": round(now - slot.last_heard, 1)})
             _send_signal(slot.process, signal.SIGKILL)
             slot.process.join(timeout=5)
-            ready = True  # dead now: handled below
-        if slot.channel.closed or (ready and slot.process.exitcode is not None):
+            exited = True  # dead now: handled below
+        if slot.channel.closed or exited:
             self._on_death(slot, respawn=respawn)
 
     def _on_death(self, slot: WorkerSlot, *, respawn: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
@@ -136,6 +137,41 @@ def test_stdin_is_dev_null() -> None:
     outcome = run('cat; read line; echo "read=$?"', timeout_s=5)
     assert outcome == TaskOutcome(True, 0, None, "read=1\n")
     assert time.monotonic() - started < 2
+
+
+def test_runs_in_a_session_and_process_group_of_its_own() -> None:
+    outcome = run('read -r pid comm state ppid pgrp sid rest < /proc/$$/stat; '
+                  'echo "$pid $pgrp $sid"')
+    pid, pgrp, sid = outcome.output_tail.split()
+    assert pid == pgrp == sid
+
+
+def test_signals_python_ignores_are_reset_for_the_command() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ; an ignored signal would stay ignored across exec.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    outcome = run("grep SigIgn /proc/self/status")
+    ignored = int(outcome.output_tail.split()[1], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), sig.name
+
+
+def test_a_worker_command_inherits_only_stdin_stdout_and_stderr(tmp_path: Path) -> None:
+    # A child process marks what it inherited close-on-exec (posix_spawn closes nothing).
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, sys\n"
+        "from workers.child_process import close_inherited_on_exec\n"
+        "from workers.command_runner import run_command\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.set_inheritable(read_end, True)  # as the fork server hands a channel down\n"
+        "close_inherited_on_exec()\n"
+        "outcome = run_command('ls /proc/$$/fd', env={}, cwd=None, timeout_s=10,\n"
+        "                      extra_env={}, stop_requested=lambda: False)\n"
+        "print(' '.join(sorted(outcome.output_tail.split())))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30, check=True, cwd=Path(__file__).parent.parent)
+    assert done.stdout.split() == ["0", "1", "2"]
 
 
 def test_works_without_a_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:

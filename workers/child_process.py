@@ -5,6 +5,10 @@ It must not outlive the coordinator: the kernel sends it SIGTERM when its parent
 signals the whole foreground process group; only the coordinator decides what that
 means, so children catch SIGINT and do nothing. (Caught, not ignored: an ignored signal
 stays ignored across exec, and the tasks a worker starts must get the default action.)
+
+Descriptors it inherited (from the fork server: its channel among them) are made
+close-on-exec, so no command a worker starts holds them: a ``sleep 600 &`` left behind
+must not keep a dead worker's channel open, and ``posix_spawn`` closes nothing itself.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ _PR_SET_PDEATHSIG = 1
 
 def become_child_process(coordinator_pid: int) -> None:
     signal.signal(signal.SIGINT, _ignore)
+    close_inherited_on_exec()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -32,6 +37,21 @@ def become_child_process(coordinator_pid: int) -> None:
         sys.exit(0)
     except PermissionError:
         pass
+
+
+def close_inherited_on_exec() -> None:
+    """Mark every descriptor above stderr close-on-exec."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: fall back to the common range
+        names = [str(fd) for fd in range(3, 256)]
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # not open (the listing's own descriptor, or a gap in the range)
 
 
 def _ignore(signum: int, frame: object) -> None:
