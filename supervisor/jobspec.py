@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from supervisor.cron_expr import CronSyntaxError
-from supervisor.file_trust import untrusted_reason
+from supervisor.file_trust import daemon_uid, untrusted_reason
 from supervisor.task_params import TaskParams
 from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
 from supervisor.zones import UTC, UnknownZoneError, zone_named
@@ -88,7 +88,7 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
             raise JobFileError(path, f"not a regular file (a {_file_kind(st.st_mode)})")
         try:
             if trusted_only:
-                reason = untrusted_reason(st, daemon_uid=os.geteuid())
+                reason = untrusted_reason(st, daemon_uid=daemon_uid())
                 if reason is not None:
                     raise JobFileError(path, reason)
             size = st.st_size
