@@ -27,7 +27,7 @@ from supervisor.diagnostics import Diagnostics
 from supervisor.handoff import ExecutionQueue
 from supervisor.heap import bulk_load
 from supervisor.jobdir import snapshot, stamp
-from supervisor.jobspec import read_job_file
+from supervisor.jobspec import read_stamped_job_file
 from supervisor.readiness import wait_readable
 from supervisor.reconcile import Changes, Reconciler
 from supervisor.schedule import Occurrence, Schedule
@@ -95,7 +95,7 @@ class Coordinator:
         self.metrics = metrics  # Prometheus metrics, when --metrics-port is given
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
         self.reconciler = Reconciler(partial(
-            read_job_file, default_zone=options.timezone,
+            read_stamped_job_file, default_zone=options.timezone,
             trusted_only=not options.allow_insecure_files))
         self.started_at = self.clock.now()
         self.stopping = False
@@ -123,7 +123,8 @@ class Coordinator:
         """The first full scan of the jobs directory."""
         started = self.clock.monotonic()
         with bulk_load(), self.diagnostics.batched():
-            self._apply(self.reconciler.full(snapshot(self.options.jobs_dir)))
+            # Every file is new: the stamps come from reading them (see jobdir.UNSTAMPED).
+            self._apply(self.reconciler.full(snapshot(self.options.jobs_dir, stamped=False)))
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
         self._back_off_rescan(self.clock.monotonic() - started)

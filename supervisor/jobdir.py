@@ -95,8 +95,16 @@ def stamp(path: str) -> FileStamp | None:
         return None
 
 
-def snapshot(directory: str) -> dict[str, FileStamp]:
-    """Every job file directly in ``directory`` (symlinks followed) with its stamp.
+#: The stamp of a file listed but not looked at (no file has inode 0): it equals no
+#: stamp a reconciler knows, so the file is read, and the read's own ``fstat`` says what
+#: the file was. Used for the first load, where every file is new anyway: 100,000 files
+#: load without 100,000 ``stat`` calls.
+UNSTAMPED = FileStamp(0, 0, 0, 0)
+
+
+def snapshot(directory: str, *, stamped: bool = True) -> dict[str, FileStamp]:
+    """Every job file directly in ``directory`` (symlinks followed) with its stamp
+    (``UNSTAMPED`` for each when not ``stamped``).
 
     Raises OSError when the directory itself cannot be listed.
     """
@@ -104,6 +112,9 @@ def snapshot(directory: str) -> dict[str, FileStamp]:
     with os.scandir(directory) as entries:
         for entry in entries:
             if is_job_file_name(entry.name):
+                if not stamped:
+                    found[entry.path] = UNSTAMPED
+                    continue
                 try:
                     found[entry.path] = FileStamp.of(entry.stat())
                 except OSError:

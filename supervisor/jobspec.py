@@ -22,6 +22,7 @@ from typing import Any
 
 from supervisor.cron_expr import CronSyntaxError
 from supervisor.file_trust import daemon_uid, untrusted_reason
+from supervisor.jobdir import FileStamp
 from supervisor.task_params import TaskParams
 from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
 from supervisor.zones import UTC, UnknownZoneError, zone_named
@@ -79,6 +80,13 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
 
     ``trusted_only``: refuse files that fail cron's ownership rule (see file_trust).
     """
+    return read_stamped_job_file(path, default_zone=default_zone, trusted_only=trusted_only)[0]
+
+
+def read_stamped_job_file(path: str, *, default_zone: str,
+                          trusted_only: bool = False) -> tuple[JobSpec, FileStamp]:
+    """``read_job_file``, and the stamp of the very file read (from its ``fstat``): the
+    reconciler keeps it to notice the next change, with no ``stat`` of its own first."""
     try:
         # O_NONBLOCK: a FIFO named like a job file must not hang the daemon in open().
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -99,7 +107,7 @@ def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -
             os.close(fd)
     except OSError as error:
         raise JobFileError(path, f"cannot read: {error.strerror or error}") from None
-    return parse_job(data, path, default_zone=default_zone)
+    return parse_job(data, path, default_zone=default_zone), FileStamp.of(st)
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -69,7 +69,10 @@ _Observed = tuple[FileStamp, JobSpec | None, JobFileError | None] | None  # None
 
 
 class Reconciler:
-    def __init__(self, read: Callable[[str], JobSpec]) -> None:
+    """``read(path)`` gives a file's job and the stamp of what it read (see
+    ``jobspec.read_stamped_job_file``); it raises JobFileError for an unusable file."""
+
+    def __init__(self, read: Callable[[str], tuple[JobSpec, FileStamp]]) -> None:
         self._read = read
         self._files: dict[str, _File] = {}
         # job_id -> path; the job table is what each owner file holds (_File.table_spec)
@@ -164,8 +167,11 @@ class Reconciler:
             if known is not None and known.stamp == stamp:
                 continue
             try:
-                observed[path] = (stamp, self._read(path), None)
+                spec, stamp = self._read(path)  # the stamp of what was read, not listed
+                observed[path] = (stamp, spec, None)
             except JobFileError as error:
+                # The listed stamp stays (UNSTAMPED at the first load: then the first
+                # rescan reads the file once more and finds the same problem).
                 if stat is not None and stat(path) is None:
                     # Gone between stat and read (a save in progress): a deletion, not an
                     # unreadable file; the event for whatever replaces it comes next.

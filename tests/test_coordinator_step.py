@@ -276,9 +276,9 @@ def slow_snapshots(monkeypatch, clock, seconds: float) -> None:
     """Every directory scan takes ``seconds`` of the fake monotonic clock."""
     real = supervisor.coordinator.snapshot
 
-    def snapshot(directory):
+    def snapshot(directory, **options):
         clock.mono += seconds
-        return real(directory)
+        return real(directory, **options)
 
     monkeypatch.setattr(supervisor.coordinator, "snapshot", snapshot)
 

@@ -8,7 +8,7 @@ import pickle
 import hypothesis.strategies as st
 from hypothesis import given
 
-from supervisor.jobdir import FileStamp, snapshot
+from supervisor.jobdir import UNSTAMPED, FileStamp, snapshot
 
 SIZES = st.integers(0, 2**63 - 1)
 TIMES = st.integers(-(2**63), 2**63 - 1)  # nanoseconds; before 1970 is negative
@@ -46,3 +46,12 @@ def test_snapshot_stamps_what_stat_says(tmp_path):
     assert snapshot(str(tmp_path)) == {
         str(tmp_path / "a.json"): FileStamp(st.st_size, st.st_mtime_ns, st.st_ino,
                                             st.st_ctime_ns)}
+
+
+def test_unstamped_snapshot_lists_the_same_files(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / ".hidden.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("")
+    listed = snapshot(str(tmp_path), stamped=False)
+    assert listed == {str(tmp_path / "a.json"): UNSTAMPED}
+    assert UNSTAMPED != FileStamp.of(os.lstat(tmp_path / "a.json"))  # no file has inode 0

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from supervisor.jobdir import FileStamp
+from supervisor.jobdir import UNSTAMPED, FileStamp
 from supervisor.jobspec import JobFileError, JobSpec, parse_job
 from supervisor.reconcile import KEPT_SUFFIX, Changes, Reconciler
 
@@ -66,10 +66,10 @@ class FakeDir:
         self.stamps[new] = FileStamp(stamp.size, stamp.mtime_ns, stamp.inode, next(self._ticks))
         return old, new
 
-    def read(self, path: str) -> JobSpec:
+    def read(self, path: str) -> tuple[JobSpec, FileStamp]:
         if path not in self.files:
             raise JobFileError(path, "cannot read: No such file or directory")
-        return parse_job(self.files[path], path, default_zone="UTC")
+        return parse_job(self.files[path], path, default_zone="UTC"), self.stamps[path]
 
     def stat(self, path: str) -> FileStamp | None:
         return self.stamps.get(path)
@@ -231,6 +231,20 @@ def test_same_stamp_is_not_reread(fs):
     sync(rec, fs, path)
     rec.full(fs.snapshot())
     assert reads == [path]
+
+
+def test_an_unstamped_listing_reads_every_file_and_keeps_the_stamps_read(fs):
+    reads = []
+    rec = Reconciler(lambda path: reads.append(path) or fs.read(path))
+    good = fs.write("a.json", content("a"))
+    bad = fs.write("b.json", b"{")
+    changes = rec.full(dict.fromkeys(fs.snapshot(), UNSTAMPED))  # the first load
+    assert kinds(changes) == [("job_added", "a"), ("job_invalid", None)]
+    # The good file was stamped by its read: the next rescan leaves it alone; the bad one
+    # kept no stamp, so it is read once more, and the same problem is no news.
+    assert rec.full(fs.snapshot()).events == []
+    assert reads == [good, bad, bad]
+    assert rec.full(fs.snapshot()).events == [] and reads == [good, bad, bad]
 
 
 def test_paths_that_are_not_job_files_are_ignored(fs, rec):
@@ -532,7 +546,7 @@ class ReconcilerMachine(RuleBasedStateMachine):
         valid = {}
         for path in self.fs.snapshot():
             try:
-                valid[path] = self.fs.read(path)
+                valid[path] = self.fs.read(path)[0]
             except JobFileError:
                 assert path in errors  # every unusable file is reported
         for job_id, spec in jobs.items():

@@ -35,7 +35,7 @@ from watchdog.events import (
 
 import supervisor.watcher as watcher_module
 from supervisor.jobdir import FileStamp, snapshot
-from supervisor.jobspec import read_job_file
+from supervisor.jobspec import read_stamped_job_file
 from supervisor.reconcile import Reconciler
 from supervisor.watcher import DirectoryWatcher
 
@@ -539,7 +539,7 @@ def test_each_save_is_exactly_one_reload(tmp_path, save):
     directory = str(tmp_path)
     path, renamed = os.path.join(directory, "a.json"), os.path.join(directory, "b.json")
     write(path, job("true"))
-    rec = Reconciler(functools.partial(read_job_file, default_zone="UTC"))
+    rec = Reconciler(functools.partial(read_stamped_job_file, default_zone="UTC"))
     rec.full(snapshot(directory))
     watcher = DirectoryWatcher(directory, settle_s=0.2)  # generous: a loaded test machine
     watcher.start()
