@@ -4,8 +4,10 @@ thread's rule of never reading what belongs to the main thread."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 
 import pytest
 
@@ -109,6 +111,49 @@ def test_heartbeat_leaves_the_next_run_to_the_main_thread_if_the_run_ended_meanw
     send_message(coordinator, {"run": {"run_id": "next"}})
     heartbeat.beat_once()
     assert not coordinator.poll(0)
+    assert link.receive() == {"run": {"run_id": "next"}}
+
+
+class _PausingConnection:
+    """The worker's connection, with a heartbeat's ``poll`` held between its check of the
+    run and its read (as a preempted heartbeat thread would be)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.polling = threading.Event()
+        self.go_on = threading.Event()
+
+    def poll(self, timeout: float) -> bool:
+        self.polling.set()
+        assert self.go_on.wait(10)
+        return self.conn.poll(timeout)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_run_cannot_end_while_the_heartbeat_is_between_its_check_and_its_read(ends):
+    link, coordinator = ends
+    heartbeat = _Heartbeat(link, busy_flag(), start=False)
+    heartbeat.run_id = "r1"
+    paused = _PausingConnection(link.conn)
+    link.conn = paused  # type: ignore[assignment]
+    beat = threading.Thread(target=heartbeat.beat_once)
+    beat.start()
+    assert paused.polling.wait(10)  # the heartbeat has checked the run and holds the lock
+    ending = threading.Thread(target=heartbeat.run_ended)
+    ending.start()
+    ending.join(0.2)
+    assert ending.is_alive()  # the run waits to end (and its result to go out)
+    paused.go_on.set()
+    beat.join(10)
+    ending.join(10)
+    assert heartbeat.run_id is None
+    assert receive_message(coordinator) == {"heartbeat": "r1"}
+    # Only now may the result go out and the coordinator send the next run: it is the
+    # main thread's to read.
+    send_message(coordinator, {"run": {"run_id": "next"}})
+    heartbeat.beat_once()
     assert link.receive() == {"run": {"run_id": "next"}}
 
 

@@ -109,6 +109,14 @@ class _Heartbeat:
             time.sleep(HEARTBEAT_INTERVAL_S)
             self.beat_once()
 
+    def run_ended(self) -> None:
+        """The main thread, before it sends the run's result. Once the result is out the
+        coordinator may send the next run, which only the main thread may read: so the
+        run ends under the reading lock, never while this thread holds it between its
+        check of the run and its read of the channel."""
+        with self.link.reading:
+            self.run_id = None
+
     def beat_once(self) -> None:
         run_id = self.run_id
         if run_id is None or self.stop.requested:
@@ -147,7 +155,7 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
             if on_time:
                 heartbeat.run_id = execution.run_id
                 record = run_execution(execution, worker_id, stop)
-                heartbeat.run_id = None
+                heartbeat.run_ended()
             else:
                 now = datetime.now(UTC)
                 record = failure_record(execution, started=now, finished=now,
