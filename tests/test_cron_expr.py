@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor.cron_expr import MACROS, CronExpr, CronSyntaxError, parse_cron
+from tests.property_settings import examples
 
 ALL_SECONDS = tuple(range(60))
 ALL_HOURS = tuple(range(24))
@@ -328,7 +329,7 @@ def parse_quickly(text: str) -> CronExpr | None:
         assert time.perf_counter() - started < 1.0, f"parse_cron({text!r}) is slow"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=80) | st.text(CRON_ALPHABET, max_size=60))
 def test_arbitrary_text_only_raises_syntax_errors(text):
     parse_quickly(text)
@@ -392,7 +393,7 @@ def some_day_matches(expr: CronExpr) -> bool:
     return any(d.month in expr.months and day_matches(expr, d) for d in _DATES)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(GENERATED)
 def test_generated_expressions(text):
     expr = parse_quickly(text)

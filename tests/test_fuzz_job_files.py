@@ -22,21 +22,20 @@ from hypothesis import strategies as st
 from supervisor.cli import main
 from supervisor.jobspec import MAX_REASON_CHARS, JobFileError, JobSpec, parse_job
 from supervisor.triggers import CronTrigger, OneTimeTrigger
+from tests.property_settings import examples as scaled
 from workers.http_request import METHODS
 
 FILE = "jobs.d/fuzz job.json"
 ZONE = "UTC"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
-# TASKD_FUZZ_SCALE=20 runs twenty times as many examples (a longer hunt, by hand).
-SCALE = int(os.environ.get("TASKD_FUZZ_SCALE", "1"))
-FUZZ = settings(deadline=None, max_examples=300 * SCALE,
+FUZZ = settings(deadline=None, max_examples=scaled(300),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example])
 
 
 def examples(count: int) -> settings:
-    return settings(FUZZ, max_examples=count * SCALE)
+    return settings(FUZZ, max_examples=scaled(count))
 
 
 # -- the property every outcome must have ---------------------------------------------

@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from supervisor.jobdir import UNSTAMPED, FileStamp
 from supervisor.jobspec import JobFileError, JobSpec, parse_job
 from supervisor.reconcile import KEPT_SUFFIX, Changes, Reconciler
+from tests.property_settings import examples
 
 DIR = "/jobs"
 INVALID = b'{"job_id": "broken", "schedule": "61 * * * *"'
@@ -592,7 +593,7 @@ class ReconcilerMachine(RuleBasedStateMachine):
 
 
 ReconcilerMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None,
+    max_examples=examples(200), stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_random_histories = ReconcilerMachine.TestCase
 

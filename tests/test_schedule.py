@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from supervisor.jobspec import parse_job
 from supervisor.schedule import Schedule
+from tests.property_settings import examples
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 TASK = {"type": "execute_command", "command": "true"}
@@ -146,7 +147,7 @@ def test_removed_job_never_fires_and_its_late_result_is_ignored():
                     "error": None})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(steps=st.lists(st.floats(min_value=0.001, max_value=90), min_size=1, max_size=40),
        period=st.sampled_from([1, 2, 5, 15, 30]))
 def test_every_occurrence_is_run_or_reported_exactly_once(steps, period):
@@ -223,7 +224,7 @@ def test_a_held_back_job_that_is_removed_or_rescheduled_is_forgotten():
     assert s.jobs["moved"].next_fire == at(10)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(steps=st.lists(st.floats(min_value=0.001, max_value=3), min_size=1, max_size=60),
        period=st.sampled_from([1, 2, 5]), lead=st.sampled_from([0.005, 0.02, 0.5]))
 def test_with_a_lead_every_occurrence_is_accounted_once_and_none_starts_early(

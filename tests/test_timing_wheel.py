@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from supervisor.timing_wheel import TimingWheel, _start_of, _tick
+from tests.property_settings import examples
 
 BASE = 1_700_000_000.0  # November 2023
 DAY = 86_400.0
@@ -457,5 +458,6 @@ class WheelMachine(RuleBasedStateMachine):
             assert (ttn == 0.0) == (true_next <= model.now)
 
 
-WheelMachine.TestCase.settings = settings(max_examples=800, stateful_step_count=40, deadline=None)
+WheelMachine.TestCase.settings = settings(max_examples=examples(800), stateful_step_count=40,
+                                          deadline=None)
 test_wheel_matches_heap_model = WheelMachine.TestCase

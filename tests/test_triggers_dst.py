@@ -31,6 +31,7 @@ import supervisor.triggers
 from supervisor.cron_expr import CronExpr, CronSyntaxError, parse_cron
 from supervisor.triggers import CronTrigger, OneTimeTrigger, cron_trigger
 from supervisor.zones import UTC
+from tests.property_settings import examples
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -280,6 +281,12 @@ def test_seconds_job_across_a_change(zone, which):
          ["2025-03-09T03:00:00-04:00", "2025-03-10T02:00:00-04:00"]),
         ("* 0 * * *", "America/Santiago", "2025-09-06T23:58:00-04:00",
          ["2025-09-07T01:00:00-03:00", "2025-09-08T00:00:00-03:00"]),
+        # the wall hour right after a midnight gap is a real hour like any other: Havana
+        # 2000-04-02 starts at 01:00 (-04); a job for 01:xx runs from its first second
+        ("* * 1 2 * *", "America/Havana", "2000-04-01T23:59:58-05:00",
+         ["2000-04-02T01:00:00-04:00", "2000-04-02T01:00:01-04:00"]),
+        ("*/20 * * * *", "Asia/Tehran", "2008-03-20T23:50:00+03:30",
+         ["2008-03-21T01:00:00+04:30", "2008-03-21T01:20:00+04:30"]),
         # ... and on its first pass only in a repeated hour (cronie: both passes)
         ("*/20 1 * * *", "America/New_York", "2025-11-02T00:00:00-04:00",
          ["2025-11-02T01:00:00-04:00", "2025-11-02T01:20:00-04:00",
@@ -601,7 +608,7 @@ def dst_cases(draw):
     return expr, zone, start
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=examples(300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(dst_cases())
 def test_matches_brute_force_near_transitions(case):
@@ -619,7 +626,7 @@ def test_matches_brute_force_near_transitions(case):
     assert got == oracle(expr, tz, start, start + window), expr.text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dst_cases(), st.integers(1, 12))
 def test_iterating_is_increasing_and_matches_fields(case, count):
     expr, zone, start = case
@@ -641,7 +648,7 @@ def test_iterating_is_increasing_and_matches_fields(case, count):
         previous = instant
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.sampled_from(["0 0 29 2 *", "0 0 29 2 */7", "0 0 31 * *", "59/15 * 31 12 *",
                      "0 12 1 1 1", "0 0 13 * 5", "0 0 29 2 1", "30 1 * * *", "0 0 * * *"]),
