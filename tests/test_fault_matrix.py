@@ -224,14 +224,18 @@ def test_twenty_sigkills_in_a_row_every_worker_is_replaced(tmp_path, cleanup):
           f"a slot {len(paused)} times")
     pids = wait_until(lambda: full_pool(daemon), 10, message="pool at full size")
     assert not set(pids) & set(killed)
-    # Jobs kept running: one tick per second all along, and more after the last kill.
+    # Jobs kept running: ticks succeeded during the storm and after the last kill.
     daemon.wait_records("tick", where=lambda r: at(r["scheduled_for"]) > ended
                         and r["status"] == "SUCCESS")
     ticks = daemon.records("tick")
+    assert any(began < at(r["scheduled_for"]) < ended and r["status"] == "SUCCESS"
+               for r in ticks)
+    # What taskd promises for each second: it ran once, or it was reported missed. Not
+    # that it ran: a coordinator starved of CPU for seconds (other tests beside this one
+    # on two cores) coalesces what came due meanwhile, as after a suspend (README).
     ran, skipped = seconds_covered(ticks, daemon.events("missed"))
     assert len(ran) == len(set(ran)) and not set(ran) & set(skipped)
-    assert gaps(ran + skipped) == {1.0}  # every second ran once, or was counted missed
-    assert max(gaps(ran)) <= 2
+    assert gaps(ran + skipped) == {1.0}
     assert {r["error"] for r in ticks} <= {None, "worker lost"}
     assert daemon.stop() == 0
 
