@@ -12,10 +12,16 @@ from typing import Any, NoReturn
 import click
 
 from supervisor import __version__
-from supervisor.jobdir import snapshot
-from supervisor.jobspec import JobFileError, JobSpec, ScheduleError, read_job_file, schedule_trigger
-from supervisor.triggers import Trigger, local_wall_to_utc
-from supervisor.zones import UTC, UnknownZoneError, host_zone_name, zone_named
+from supervisor.jobfiles.jobdir import snapshot
+from supervisor.jobfiles.jobspec import (
+    JobFileError,
+    JobSpec,
+    ScheduleError,
+    read_job_file,
+    schedule_trigger,
+)
+from supervisor.timing.triggers import Trigger, local_wall_to_utc
+from supervisor.timing.zones import UTC, UnknownZoneError, host_zone_name, zone_named
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,9 +81,9 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
     """
-    from supervisor.control_client import default_socket_path
-    from supervisor.coordinator import DaemonOptions
-    from supervisor.daemon import run_daemon
+    from supervisor.control.control_client import default_socket_path
+    from supervisor.processes.coordinator import DaemonOptions
+    from supervisor.processes.daemon import run_daemon
 
     zone_name = _zone_or_exit(zone, code=2)
     _check_jobs_dir(jobs_dir)
@@ -106,8 +112,8 @@ def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _ask(socket_path: str | None, timeout: float, name: str, **args: Any) -> dict[str, Any]:
     """Send one command to the daemon; its result, or exit 1 with the reason on stderr."""
-    from supervisor.commands import COMMANDS
-    from supervisor.control_client import ControlError, default_socket_path, request
+    from supervisor.control.commands import COMMANDS
+    from supervisor.control.control_client import ControlError, default_socket_path, request
 
     path = socket_path or default_socket_path()
     try:
@@ -121,8 +127,8 @@ def _ask(socket_path: str | None, timeout: float, name: str, **args: Any) -> dic
 
 def _complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of JOB_ID: the jobs of the running daemon, if one answers."""
-    from supervisor.commands import COMMANDS
-    from supervisor.control_client import ControlError, default_socket_path, request
+    from supervisor.control.commands import COMMANDS
+    from supervisor.control.control_client import ControlError, default_socket_path, request
 
     path = ctx.params.get("socket_path") or default_socket_path()
     try:
@@ -142,7 +148,7 @@ def status(job_id: str | None, socket_path: str | None, timeout: float, as_json:
 
     Examples: taskd status; taskd status --json; taskd status heartbeat
     """
-    from supervisor.commands import COMMANDS, STATUS_LIMIT
+    from supervisor.control.commands import COMMANDS, STATUS_LIMIT
 
     limit = None if as_json or job_id else STATUS_LIMIT
     result = _ask(socket_path, timeout, "status", job_id=job_id, limit=limit)
@@ -184,7 +190,7 @@ def stop(socket_path: str | None, timeout: float) -> None:
 
 
 def _say(name: str, result: dict[str, Any]) -> None:
-    from supervisor.commands import COMMANDS
+    from supervisor.control.commands import COMMANDS
 
     click.echo(COMMANDS[name].console_msg(result))
 

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from supervisor.cli import main
-from supervisor.commands import COMMANDS, STATUS_LIMIT, dispatch
+from supervisor.control.commands import COMMANDS, STATUS_LIMIT, dispatch
 from tests.daemon_harness import Daemon, run_client, wait_until
 
 NOW = datetime(2026, 11, 26, 21, 0, 0, tzinfo=UTC)

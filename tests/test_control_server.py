@@ -17,8 +17,8 @@ from multiprocessing.connection import wait
 
 import pytest
 
-from supervisor.control_client import ControlError, request
-from supervisor.control_server import WRITE_POLL_S, ControlServer, ControlSocketError
+from supervisor.control.control_client import ControlError, request
+from supervisor.control.control_server import WRITE_POLL_S, ControlServer, ControlSocketError
 
 QUICK_S = 0.5
 

@@ -14,16 +14,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import supervisor.coordinator
-from supervisor.coordinator import (
+import supervisor.processes.coordinator
+from supervisor.control.diagnostics import Diagnostics
+from supervisor.control.sd_notify import Notifier
+from supervisor.processes.coordinator import (
     HANDOFF_LEAD_S,
     MAX_SLEEP_S,
     RESCAN_COST_FACTOR,
     Coordinator,
     DaemonOptions,
 )
-from supervisor.diagnostics import Diagnostics
-from supervisor.sd_notify import Notifier
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -274,13 +274,13 @@ def test_periodic_rescan_is_the_safety_net(world, tmp_path):
 
 def slow_snapshots(monkeypatch, clock, seconds: float) -> None:
     """Every directory scan takes ``seconds`` of the fake monotonic clock."""
-    real = supervisor.coordinator.snapshot
+    real = supervisor.processes.coordinator.snapshot
 
     def snapshot(directory, **options):
         clock.mono += seconds
         return real(directory, **options)
 
-    monkeypatch.setattr(supervisor.coordinator, "snapshot", snapshot)
+    monkeypatch.setattr(supervisor.processes.coordinator, "snapshot", snapshot)
 
 
 def test_a_slow_load_backs_the_first_safety_net_rescan_off(world, tmp_path, monkeypatch):

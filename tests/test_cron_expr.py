@@ -1,4 +1,4 @@
-"""Cron syntax: every parsing rule of ``supervisor.cron_expr`` as a table, every error
+"""Cron syntax: every parsing rule of ``supervisor.timing.cron_expr`` as a table, every error
 message exactly, and properties over arbitrary text (never anything but CronSyntaxError,
 never slow) and over generated expressions (accepted exactly when some day can match)."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.cron_expr import MACROS, CronExpr, CronSyntaxError, parse_cron
+from supervisor.timing.cron_expr import MACROS, CronExpr, CronSyntaxError, parse_cron
 from tests.property_settings import examples
 
 ALL_SECONDS = tuple(range(60))

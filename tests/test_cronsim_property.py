@@ -63,9 +63,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from supervisor.cron_expr import CronExpr, CronSyntaxError, parse_cron
-from supervisor.triggers import CronTrigger
-from supervisor.zones import UTC
+from supervisor.timing.cron_expr import CronExpr, CronSyntaxError, parse_cron
+from supervisor.timing.triggers import CronTrigger
+from supervisor.timing.zones import UTC
 from tests.property_settings import examples
 
 # Zones with DST first: hypothesis leans towards the first when shrinking and sampling.

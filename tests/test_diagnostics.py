@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from supervisor.diagnostics import Diagnostics
-from supervisor.json_line import one_line
+from supervisor.control.diagnostics import Diagnostics
+from supervisor.control.json_line import one_line
 
 _TIME = re.compile(r'"time": "[^"]*"')
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.channel import receive_message, send_message
-from supervisor.control_client import request
+from supervisor.control.control_client import request
+from supervisor.processes.channel import receive_message, send_message
 from tests.daemon_harness import Daemon, descendants, pid_alive, wait_until
 from workers.child_process import become_child_process
 from workers.execution import Execution
@@ -311,7 +311,7 @@ def test_worker_stopped_mid_result_frame_never_blocks_the_pool(monkeypatch):
     import multiprocessing
     from multiprocessing.connection import wait
 
-    from supervisor import pool as pool_module
+    from supervisor.processes import pool as pool_module
     from workers.execution import new_run_id
 
     def execution(command: str, job_id: str) -> Execution:

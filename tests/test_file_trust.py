@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from supervisor.file_trust import untrusted_reason
-from supervisor.jobspec import JobFileError, read_job_file
+from supervisor.jobfiles.file_trust import untrusted_reason
+from supervisor.jobfiles.jobspec import JobFileError, read_job_file
 
 JOB = json.dumps({"job_id": "j", "schedule": "@daily",
                   "task": {"type": "execute_command", "command": "true"}})

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.watcher import DirectoryWatcher
+from supervisor.jobfiles.watcher import DirectoryWatcher
 from tests.daemon_harness import Daemon, wait_until
 
 pytestmark = pytest.mark.slow

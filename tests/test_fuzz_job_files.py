@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.cli import main
-from supervisor.jobspec import MAX_REASON_CHARS, JobFileError, JobSpec, parse_job
-from supervisor.triggers import CronTrigger, OneTimeTrigger
+from supervisor.jobfiles.jobspec import MAX_REASON_CHARS, JobFileError, JobSpec, parse_job
+from supervisor.timing.triggers import CronTrigger, OneTimeTrigger
 from tests.property_settings import examples as scaled
 from workers.http_request import METHODS
 

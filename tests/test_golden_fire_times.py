@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from supervisor.cron_expr import parse_cron
-from supervisor.triggers import CronTrigger
+from supervisor.timing.cron_expr import parse_cron
+from supervisor.timing.triggers import CronTrigger
 
 GOLDEN = Path(__file__).parent / "golden" / "fire_times.json"
 

@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
-import supervisor.heap
-from supervisor.heap import bulk_load
+import supervisor.processes.heap
+from supervisor.processes.heap import bulk_load
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,8 @@ def test_a_collector_switched_off_by_someone_else_stays_off():
 
 def test_the_freed_memory_is_given_back_after_the_load(monkeypatch):
     trims: list[int] = []
-    monkeypatch.setattr(supervisor.heap, "_MALLOC_TRIM", lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(supervisor.processes.heap, "_MALLOC_TRIM",
+                        lambda pad: trims.append(pad) or 1)
     with pytest.raises(OSError), bulk_load():
         assert trims == []
         raise OSError("jobs dir gone")
@@ -57,7 +58,7 @@ def test_the_freed_memory_is_given_back_after_the_load(monkeypatch):
 
 
 def test_without_malloc_trim_nothing_is_given_back(monkeypatch):
-    monkeypatch.setattr(supervisor.heap, "_MALLOC_TRIM", None)
+    monkeypatch.setattr(supervisor.processes.heap, "_MALLOC_TRIM", None)
     gc.enable()
     with bulk_load():
         pass

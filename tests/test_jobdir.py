@@ -8,7 +8,7 @@ import pickle
 import hypothesis.strategies as st
 from hypothesis import given
 
-from supervisor.jobdir import UNSTAMPED, FileStamp, snapshot
+from supervisor.jobfiles.jobdir import UNSTAMPED, FileStamp, snapshot
 
 SIZES = st.integers(0, 2**63 - 1)
 TIMES = st.integers(-(2**63), 2**63 - 1)  # nanoseconds; before 1970 is negative

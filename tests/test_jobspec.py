@@ -8,9 +8,15 @@ from datetime import datetime
 
 import pytest
 
-from supervisor.jobspec import MAX_FILE_BYTES, JobFileError, _read_all, parse_job, read_job_file
-from supervisor.triggers import CronTrigger, OneTimeTrigger
-from supervisor.zones import UTC
+from supervisor.jobfiles.jobspec import (
+    MAX_FILE_BYTES,
+    JobFileError,
+    _read_all,
+    parse_job,
+    read_job_file,
+)
+from supervisor.timing.triggers import CronTrigger, OneTimeTrigger
+from supervisor.timing.zones import UTC
 
 FILE = "jobs.d/x.json"
 TASK = {"type": "execute_command", "command": "true"}

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.channel import receive_message, send_message
-from supervisor.logger_process import LoggerLink, _drop_torn_line, logger_main
+from supervisor.processes.channel import receive_message, send_message
+from supervisor.processes.logger_process import LoggerLink, _drop_torn_line, logger_main
 from workers.execution import Execution, execution_record
 from workers.task_type import TaskOutcome
 
@@ -133,7 +133,7 @@ def test_lines_go_to_file_descriptor_1_without_log_file(tmp_path: Path):
     # logger process writing to the fd 1 it inherited.
     script = textwrap.dedent("""
         import json, multiprocessing, sys
-        from supervisor.logger_process import LoggerLink
+        from supervisor.processes.logger_process import LoggerLink
         if __name__ == "__main__":
             sys.stdout = sys.stderr
             link = LoggerLink(multiprocessing.get_context("forkserver"), None)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.metrics import SECONDS_BUCKETS, Metrics
+from supervisor.control.metrics import SECONDS_BUCKETS, Metrics
 
 
 def record(job_id: str = "report", status: str = "SUCCESS", *, duration_ms: float = 250.0,

@@ -11,7 +11,7 @@ from multiprocessing.connection import wait
 
 import pytest
 
-from supervisor.pool import WorkerPool
+from supervisor.processes.pool import WorkerPool
 from tests.daemon_harness import pid_alive, wait_until
 from workers.execution import Execution, new_run_id
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from supervisor.jobdir import UNSTAMPED, FileStamp
-from supervisor.jobspec import JobFileError, JobSpec, parse_job
-from supervisor.reconcile import KEPT_SUFFIX, Changes, Reconciler
+from supervisor.jobfiles.jobdir import UNSTAMPED, FileStamp
+from supervisor.jobfiles.jobspec import JobFileError, JobSpec, parse_job
+from supervisor.jobfiles.reconcile import KEPT_SUFFIX, Changes, Reconciler
 from tests.property_settings import examples
 
 DIR = "/jobs"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.jobspec import parse_job
-from supervisor.schedule import Schedule
+from supervisor.jobfiles.jobspec import parse_job
+from supervisor.timing.schedule import Schedule
 from tests.property_settings import examples
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)

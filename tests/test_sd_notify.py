@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.sd_notify import Notifier
+from supervisor.control.sd_notify import Notifier
 from tests.daemon_harness import Daemon, wait_until
 
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import coordinator
 from supervisor.cli import start as start_command
-from supervisor.coordinator import DaemonOptions
+from supervisor.processes import coordinator
+from supervisor.processes.coordinator import DaemonOptions
 
 UNIT = Path(__file__).resolve().parent.parent / "scripts" / "taskd.service"
 # Keys systemd accepts more than once, each adding to a list.

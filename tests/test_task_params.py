@@ -8,8 +8,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from supervisor.jobspec import parse_job
-from supervisor.task_params import TaskParams
+from supervisor.jobfiles.jobspec import parse_job
+from supervisor.jobfiles.task_params import TaskParams
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -1,4 +1,4 @@
-"""Tests for supervisor.timing_wheel: table tests plus a stateful check against a heap model.
+"""Tests for supervisor.timing.timing_wheel: table tests plus a stateful check against a heap model.
 
 No clocks and no sleeping: every time is passed in explicitly.
 """
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from supervisor.timing_wheel import TimingWheel, _start_of, _tick
+from supervisor.timing.timing_wheel import TimingWheel, _start_of, _tick
 from tests.property_settings import examples
 
 BASE = 1_700_000_000.0  # November 2023

@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import supervisor.cron_calendar
-import supervisor.triggers
-from supervisor.cron_expr import CronExpr, CronSyntaxError, parse_cron
-from supervisor.triggers import CronTrigger, OneTimeTrigger, cron_trigger
-from supervisor.zones import UTC
+import supervisor.timing.cron_calendar
+import supervisor.timing.triggers
+from supervisor.timing.cron_expr import CronExpr, CronSyntaxError, parse_cron
+from supervisor.timing.triggers import CronTrigger, OneTimeTrigger, cron_trigger
+from supervisor.timing.zones import UTC
 from tests.property_settings import examples
 
 MINUTE = timedelta(minutes=1)
@@ -429,7 +429,7 @@ def test_never_reads_the_clock(expr, zone, after, expected):
     assert got.astimezone(ZoneInfo(zone)).isoformat() == expected
 
 
-@pytest.mark.parametrize("module", [supervisor.triggers, supervisor.cron_calendar])
+@pytest.mark.parametrize("module", [supervisor.timing.triggers, supervisor.timing.cron_calendar])
 def test_trigger_modules_do_not_call_the_clock(module):
     clocks = {"now", "utcnow", "today", "time", "time_ns", "monotonic", "localtime"}
     calls = {

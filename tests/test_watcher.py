@@ -33,11 +33,11 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-import supervisor.watcher as watcher_module
-from supervisor.jobdir import FileStamp, snapshot
-from supervisor.jobspec import read_stamped_job_file
-from supervisor.reconcile import Reconciler
-from supervisor.watcher import DirectoryWatcher
+import supervisor.jobfiles.watcher as watcher_module
+from supervisor.jobfiles.jobdir import FileStamp, snapshot
+from supervisor.jobfiles.jobspec import read_stamped_job_file
+from supervisor.jobfiles.reconcile import Reconciler
+from supervisor.jobfiles.watcher import DirectoryWatcher
 
 TIMEOUT_S = 20.0  # only reached on failure; generous for a loaded machine
 SETTLE_S, CLOSED_S = 0.05, 0.002

@@ -11,7 +11,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from supervisor.channel import receive_message, send_message
+from supervisor.processes.channel import receive_message, send_message
 from workers.execution import Execution
 from workers.worker_main import MAX_HOLD_S, _Heartbeat, _hold_until_instant, _Link, _StopFlag
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from supervisor.channel import receive_message, send_message
+from supervisor.processes.channel import receive_message, send_message
 from workers.child_process import become_child_process
 from workers.execution import Execution, execution_record, failure_record
 from workers.task_type import RunContext, TaskOutcome, task_type_named

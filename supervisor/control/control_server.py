@@ -2,7 +2,7 @@
 
 Protocol: one request per connection. A frame is a 4-byte big-endian length followed by
 that many bytes of UTF-8 JSON; a request is an object ``{"command": str, "args": {...}}``,
-the response an object with ``ok`` (see ``supervisor.commands``). After the response is
+the response an object with ``ok`` (see ``supervisor.control.commands``). After the response is
 written the server closes the connection.
 
 No threads: ``wait_objects()`` goes into the loop's ``wait``, ``service()`` does whatever

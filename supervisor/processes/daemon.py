@@ -15,14 +15,14 @@ import sys
 import time
 import traceback
 
-from supervisor.commands import dispatch
-from supervisor.control_server import ControlServer, ControlSocketError
-from supervisor.coordinator import Coordinator, DaemonOptions
-from supervisor.diagnostics import Diagnostics
-from supervisor.logger_process import LoggerLink
-from supervisor.pool import WorkerPool
-from supervisor.sd_notify import Notifier
-from supervisor.watcher import DirectoryWatcher
+from supervisor.control.commands import dispatch
+from supervisor.control.control_server import ControlServer, ControlSocketError
+from supervisor.control.diagnostics import Diagnostics
+from supervisor.control.sd_notify import Notifier
+from supervisor.jobfiles.watcher import DirectoryWatcher
+from supervisor.processes.coordinator import Coordinator, DaemonOptions
+from supervisor.processes.logger_process import LoggerLink
+from supervisor.processes.pool import WorkerPool
 from workers.execution import new_run_id
 from workers.run_processes import find_processes_with_env, signal_processes
 from workers.task_type import REGISTRY_VARIABLE, registry_for_children
@@ -51,7 +51,7 @@ def run_daemon(options: DaemonOptions) -> int:
     if options.metrics_port is not None:
         # Imported only when asked for: prometheus_client and its HTTP server are ~8 MB
         # of the coordinator's memory.
-        from supervisor.metrics import Metrics
+        from supervisor.control.metrics import Metrics
         metrics = Metrics()
     metrics_port = None
     if metrics is not None:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonEncoder
 
-from supervisor.json_line import one_line
+from supervisor.control.json_line import one_line
 
 _ENCODER = JsonEncoder(ensure_ascii=False)
 BATCH_BYTES = 64 * 1024

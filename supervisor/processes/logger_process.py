@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 
 from pythonjsonlogger.json import JsonFormatter
 
-from supervisor.channel import Channel, receive_message, send_message
-from supervisor.json_line import one_line
+from supervisor.control.json_line import one_line
+from supervisor.processes.channel import Channel, receive_message, send_message
 from workers.child_process import become_child_process
 
 _TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line

@@ -31,9 +31,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from supervisor.jobspec import JobSpec
-from supervisor.timing_wheel import TimingWheel
-from supervisor.triggers import OneTimeTrigger
+from supervisor.jobfiles.jobspec import JobSpec
+from supervisor.timing.timing_wheel import TimingWheel
+from supervisor.timing.triggers import OneTimeTrigger
 
 # Counting missed occurrences one by one is bounded: past this, skip straight to now.
 MAX_MISSED_COUNTED = 100_000

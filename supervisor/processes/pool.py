@@ -29,7 +29,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from supervisor.channel import Channel
+from supervisor.processes.channel import Channel
 from workers.execution import Execution, failure_record
 from workers.run_processes import kill_run_processes
 from workers.worker_main import worker_main

@@ -14,7 +14,7 @@ from datetime import datetime
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError
 
-from supervisor.cron_expr import CronExpr
+from supervisor.timing.cron_expr import CronExpr
 
 # Farthest a valid expression can be from its next match: Feb 29 on a given weekday
 # recurs within 28 years (plus a skipped century leap day).

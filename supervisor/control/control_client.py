@@ -10,7 +10,7 @@ import tempfile
 import time
 from typing import Any
 
-from supervisor.control_server import HEADER, encode_frame
+from supervisor.control.control_server import HEADER, encode_frame
 
 ROOT_SOCKET = "/run/taskd/taskd.sock"
 MAX_RESPONSE_BYTES = 1 << 30  # a full status of a very large daemon is tens of MB

@@ -23,15 +23,15 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from supervisor.diagnostics import Diagnostics
-from supervisor.handoff import ExecutionQueue
-from supervisor.heap import bulk_load
-from supervisor.jobdir import snapshot, stamp
-from supervisor.jobspec import read_stamped_job_file
-from supervisor.readiness import wait_readable
-from supervisor.reconcile import Changes, Reconciler
-from supervisor.schedule import Occurrence, Schedule
-from supervisor.sd_notify import Notifier
+from supervisor.control.diagnostics import Diagnostics
+from supervisor.control.sd_notify import Notifier
+from supervisor.jobfiles.jobdir import snapshot, stamp
+from supervisor.jobfiles.jobspec import read_stamped_job_file
+from supervisor.jobfiles.reconcile import Changes, Reconciler
+from supervisor.processes.handoff import ExecutionQueue
+from supervisor.processes.heap import bulk_load
+from supervisor.processes.readiness import wait_readable
+from supervisor.timing.schedule import Occurrence, Schedule
 from workers.execution import Execution, new_run_id
 
 MAX_SLEEP_S = 1.0

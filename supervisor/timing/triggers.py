@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from supervisor.cron_calendar import WallCalendar
-from supervisor.cron_expr import CronExpr, parse_cron
-from supervisor.zones import UTC, zone_named
+from supervisor.timing.cron_calendar import WallCalendar
+from supervisor.timing.cron_expr import CronExpr, parse_cron
+from supervisor.timing.zones import UTC, zone_named
 
 _SECOND = timedelta(seconds=1)
 _TINY = timedelta(microseconds=1)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from supervisor.cron_expr import CronSyntaxError
-from supervisor.file_trust import daemon_uid, untrusted_reason
-from supervisor.jobdir import FileStamp
-from supervisor.task_params import TaskParams
-from supervisor.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
-from supervisor.zones import UTC, UnknownZoneError, zone_named
+from supervisor.jobfiles.file_trust import daemon_uid, untrusted_reason
+from supervisor.jobfiles.jobdir import FileStamp
+from supervisor.jobfiles.task_params import TaskParams
+from supervisor.timing.cron_expr import CronSyntaxError
+from supervisor.timing.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
+from supervisor.timing.zones import UTC, UnknownZoneError, zone_named
 from workers.params import is_unicode, show
 from workers.task_type import TaskParamsError, UnknownTaskType, task_type_named
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.jobdir import FileStamp, is_job_file_name
-from supervisor.jobspec import JobFileError, JobSpec
+from supervisor.jobfiles.jobdir import FileStamp, is_job_file_name
+from supervisor.jobfiles.jobspec import JobFileError, JobSpec
 
 KEPT_SUFFIX = "; the previous version stays scheduled until the file is fixed or deleted"
 
