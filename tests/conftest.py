@@ -1,3 +1,9 @@
 """Test-session setup shared by every test module."""
 
-import tests.property_settings  # noqa: F401  (loads the hypothesis profile first)
+import tests.property_settings  # loads the hypothesis profile first
+
+
+def pytest_configure(config):
+    # A deep hunt runs each property test for many minutes: no per-test timeout then.
+    if tests.property_settings.PROFILE == "deep":
+        config.option.timeout = 0
