@@ -24,9 +24,12 @@ if PROFILE not in SCALES:
     raise RuntimeError(f"TASKD_HYPOTHESIS_PROFILE={PROFILE!r}: not one of {sorted(SCALES)}")
 SCALE = SCALES[PROFILE]
 
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("dev", print_blob=True)
-settings.register_profile("deep", print_blob=True)
+# No per-example deadline anywhere: on a loaded machine it is a timing assertion that
+# fails by chance (speed is the benchmark's business, never a test's).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
+                          deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.register_profile("deep", print_blob=True, deadline=None)
 settings.load_profile(PROFILE)
 
 

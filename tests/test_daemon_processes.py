@@ -49,7 +49,7 @@ def test_timeout_kills_the_whole_group_including_a_grandchild(daemon, tmp_path):
     record = daemon.wait_records("slow")[0]
     assert record["status"] == "FAILURE" and record["error"] == "timeout after 1s"
     grandchild = int(marker.read_text())
-    wait_until(lambda: not pid_alive(grandchild), 5, message="grandchild gone")
+    wait_until(lambda: not pid_alive(grandchild), message="grandchild gone")
 
 
 def test_output_flood_does_not_disturb_another_jobs_schedule(daemon):
@@ -237,7 +237,7 @@ def test_shutdown_kills_what_finished_runs_left_in_the_background(daemon, tmp_pa
     leftover = int(marker.read_text())
     assert pid_alive(leftover)  # as cron: a finished job's background process is left alone
     assert daemon.stop() == 0
-    wait_until(lambda: not pid_alive(leftover), 2, message="leftover killed at shutdown")
+    wait_until(lambda: not pid_alive(leftover), message="leftover killed at shutdown")
     assert daemon.events("leftovers_killed")[0]["pids"] == [leftover]
 
 

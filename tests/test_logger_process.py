@@ -238,7 +238,9 @@ def test_stopped_logger_never_blocks_the_coordinator(
         link.handle_readable()
         assert not link.check()
         elapsed = time.monotonic() - began
-        assert elapsed < 3.0 and slowest < 0.25, (elapsed, slowest)
+        # A blocking write to the stopped logger would never return; these bounds are far
+        # above what a loaded machine takes (milliseconds) and far below "blocked".
+        assert elapsed < 10.0 and slowest < 1.0, (elapsed, slowest)
         assert link.unacked == 5000
         assert link.queued > 4000  # held in memory, waiting for the logger
     finally:
