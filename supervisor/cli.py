@@ -7,21 +7,19 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from supervisor import __version__
-from supervisor.jobfiles.jobdir import snapshot
-from supervisor.jobfiles.jobspec import (
-    JobFileError,
-    JobSpec,
-    ScheduleError,
-    read_job_file,
-    schedule_trigger,
-)
-from supervisor.timing.triggers import Trigger, local_wall_to_utc
-from supervisor.timing.zones import UTC, UnknownZoneError, host_zone_name, zone_named
+
+if TYPE_CHECKING:
+    from supervisor.jobfiles.jobspec import JobSpec
+    from supervisor.timing.triggers import Trigger
+
+# Job files, schedules (croniter, the task types) and zones (pathlib, zoneinfo) are
+# imported by the commands that use them: every command pays for what this module imports
+# (``taskd history`` aims at well under 100 ms, interpreter start included).
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,11 +70,22 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
               type=click.FloatRange(min=2),
               help="A busy worker silent for this long (stopped, wedged) is replaced "
                    "(it reports every second).")
+@click.option("--state-dir", default=None, metavar="DIR",
+              help="Keep state here (run history, catch-up, one-time runs done) across "
+                   "restarts (default: $STATE_DIRECTORY, set by systemd's StateDirectory=; "
+                   "without either, state is kept in memory only).")
+@click.option("--history-days", default=30.0, show_default=True, metavar="DAYS",
+              type=click.FloatRange(min=0, min_open=True),
+              help="With a state dir: forget run records older than this.")
+@click.option("--history-per-job", default=1000, show_default=True, metavar="N",
+              type=click.IntRange(min=1), help="With a state dir: keep at most this many "
+                                               "run records per job.")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
           socket_group: str | None, metrics_port: int | None, metrics_address: str,
           allow_insecure_files: bool, rescan_interval: float,
-          heartbeat_timeout: float) -> None:
+          heartbeat_timeout: float, state_dir: str | None, history_days: float,
+          history_per_job: int) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
@@ -84,6 +93,7 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
     from supervisor.control.control_client import default_socket_path
     from supervisor.processes.coordinator import DaemonOptions
     from supervisor.processes.daemon import run_daemon
+    from supervisor.store.state_dir import state_dir_from
 
     zone_name = _zone_or_exit(zone, code=2)
     _check_jobs_dir(jobs_dir)
@@ -97,7 +107,9 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
                             metrics_address=metrics_address,
                             allow_insecure_files=allow_insecure_files,
                             rescan_interval_s=rescan_interval,
-                            heartbeat_timeout_s=heartbeat_timeout)
+                            heartbeat_timeout_s=heartbeat_timeout,
+                            state_dir=state_dir_from(state_dir, os.environ),
+                            history_days=history_days, history_per_job=history_per_job)
     sys.exit(run_daemon(options))
 
 
@@ -189,6 +201,130 @@ def stop(socket_path: str | None, timeout: float) -> None:
     _say("stop", _ask(socket_path, timeout, "stop"))
 
 
+def _since_epoch(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """--since as epoch seconds (a usage error, exit 2, when it is neither form)."""
+    if value is None:
+        return None
+    import time
+
+    from supervisor.store.history_view import parse_since
+
+    try:
+        return parse_since(value, time.time(), _host_zone())
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _host_zone():
+    """The host's zone (as ``taskd next`` reads a time without an offset); the C library's
+    idea of local time when the host names a zone zoneinfo does not know."""
+    from supervisor.timing.zones import UnknownZoneError, host_zone_name, zone_named
+
+    try:
+        return zone_named(host_zone_name())
+    except UnknownZoneError:
+        return datetime.now().astimezone().tzinfo
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--status", "outcome", default=None,
+              type=click.Choice(["SUCCESS", "FAILURE"], case_sensitive=False),
+              metavar="SUCCESS|FAILURE",
+              help="Only runs with this outcome (any case).")
+@click.option("--since", default=None, metavar="ISO|DURATION", callback=_since_epoch,
+              help="Only runs started at or after this: an ISO 8601 instant "
+                   "(2026-12-03T17:00:00Z; without an offset, the host's local time) or a "
+                   "duration meaning that long ago (90s, 15m, 2h, 7d, 1h30m).")
+@click.option("-n", "count", default=20, show_default=True,
+              type=click.IntRange(1, 1_000_000), help="How many runs to show at most.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON array of the execution records (the log line's fields), "
+                   "newest first.")
+@click.option("--state-dir", default=None, metavar="DIR",
+              help="The daemon's state directory (default: $STATE_DIRECTORY).")
+def history(job_id: str | None, outcome: str | None, since: float | None, count: int,
+            as_json: bool, state_dir: str | None) -> None:
+    """Show recorded runs, newest first, read from the state store (with or without a
+    running daemon). Times in the table are UTC; --json has every field.
+
+    Examples: taskd history; taskd history nightly-report --status failure --since 7d;
+    taskd history --since 2026-12-01T00:00:00Z --json --state-dir /var/lib/taskd
+    """
+    from supervisor.store.abc import HistoryQuery, StoreError
+    from supervisor.store.sqlite import SQLiteStore
+
+    path = _store_path_or_exit(state_dir)
+    query = HistoryQuery(job_id=job_id, status=outcome and outcome.upper(), since=since,
+                         limit=count)
+    try:
+        store = SQLiteStore(path, read_only=True)
+        try:
+            records = store.history(query)
+        finally:
+            store.close()
+    except StoreError as error:
+        _history_fail(str(error))
+    if as_json:
+        _echo_json_array(records)
+    elif records:
+        from supervisor.store.history_view import format_table
+
+        click.echo("\n".join(format_table(records)))
+    else:
+        filtered = " match --status/--since" if outcome or since is not None else ""
+        click.echo(f"taskd history: no recorded runs{f' of {job_id}' if job_id else ''}"
+                   f"{filtered}", err=True)
+
+
+def _store_path_or_exit(option: str | None) -> str:
+    """DIR/state.db, if there is a file there to read; else exit 1 saying what is missing."""
+    import stat
+
+    from supervisor.store.state_dir import state_dir_from, store_path
+
+    directory = state_dir_from(option, os.environ)
+    if directory is None:
+        _history_fail("no state directory: give --state-dir DIR or set $STATE_DIRECTORY "
+                      "(a daemon started without either keeps no history)")
+    path = store_path(directory)
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        if not os.path.isdir(directory):
+            _history_fail(f"{path}: no such file (no directory {directory})")
+        _history_fail(f"{path}: no such file (no daemon has kept its state in {directory})")
+    except OSError as error:
+        _history_fail(f"{path}: cannot read ({error.strerror})")
+    if not stat.S_ISREG(found.st_mode):
+        _history_fail(f"{path}: not a regular file")
+    if found.st_size == 0:
+        _history_fail(f"{path}: empty (not a taskd state store)")
+    return path
+
+
+def _echo_json_array(records: list[dict[str, Any]], chunk: int = 1000) -> None:
+    """One JSON array, one record per line (as in the execution log), written as it goes
+    (``chunk`` records a write: click.echo flushes each time)."""
+    from supervisor.control.json_line import one_line
+
+    if not records:
+        click.echo("[]")
+        return
+    click.echo("[")
+    for first in range(0, len(records), chunk):
+        lines = [one_line(json.dumps(record, ensure_ascii=False))
+                 for record in records[first:first + chunk]]
+        more = first + chunk < len(records)
+        click.echo(",\n".join(lines) + ("," if more else ""))
+    click.echo("]")
+
+
+def _history_fail(message: str) -> NoReturn:
+    click.echo(f"taskd history: {message}", err=True)
+    sys.exit(1)
+
+
 def _say(name: str, result: dict[str, Any]) -> None:
     from supervisor.control.commands import COMMANDS
 
@@ -237,6 +373,9 @@ def validate(paths: tuple[str, ...], zone: str | None, allow_insecure_files: boo
 
 def _validate_path(path: str, default_zone: str, trusted_only: bool):
     """(message, ok) pairs for one argument: a job file or a directory of them."""
+    from supervisor.jobfiles.jobdir import snapshot
+    from supervisor.jobfiles.jobspec import JobFileError, read_job_file
+
     if os.path.isdir(path):
         try:
             files = sorted(snapshot(path))
@@ -278,6 +417,8 @@ def next_(schedule_or_file: str, count: int, zone: str | None, after: str | None
     Examples: taskd next '30 2 * * *' --timezone Europe/Berlin -n 3;
     taskd next conf/jobs.d/heartbeat.json
     """
+    from supervisor.timing.zones import UTC, zone_named
+
     zone_name = _zone_or_exit(zone)
     trigger, zone_name = _trigger_or_exit(schedule_or_file, zone_name)
     local = zone_named(zone_name)
@@ -290,6 +431,13 @@ def next_(schedule_or_file: str, count: int, zone: str | None, after: str | None
 
 
 def _trigger_or_exit(text: str, zone_name: str) -> tuple[Trigger, str]:
+    from supervisor.jobfiles.jobspec import (
+        JobFileError,
+        ScheduleError,
+        read_job_file,
+        schedule_trigger,
+    )
+
     if text.endswith(".json") or os.path.isfile(text):
         try:
             job: JobSpec = read_job_file(text, default_zone=zone_name)
@@ -303,6 +451,8 @@ def _trigger_or_exit(text: str, zone_name: str) -> tuple[Trigger, str]:
 
 
 def _instant_or_exit(text: str, zone) -> datetime:
+    from supervisor.timing.triggers import local_wall_to_utc
+
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -313,6 +463,8 @@ def _instant_or_exit(text: str, zone) -> datetime:
 
 
 def _zone_or_exit(zone: str | None, *, code: int = 1) -> str:
+    from supervisor.timing.zones import UnknownZoneError, host_zone_name, zone_named
+
     name = zone or host_zone_name()
     try:
         zone_named(name)

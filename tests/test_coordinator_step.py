@@ -101,11 +101,20 @@ class FakeLogger:
     pid = None
     unacked = 0
 
-    def __init__(self) -> None:
+    def __init__(self, *, storing: bool = False) -> None:
         self.submitted: list = []
+        self.storing = storing
+        self.marks: list = []  # with storing: what the store would be told, in order
+        self.items: list = []  # marks and records, in the order the store gets them
 
     def submit(self, record) -> None:
         self.submitted.append(record)
+        self.items.append({"record": record})
+
+    def mark(self, mark) -> None:
+        if self.storing:
+            self.marks.append(mark)
+            self.items.append(mark)
 
     def handle_readable(self) -> None:
         pass

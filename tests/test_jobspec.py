@@ -41,6 +41,7 @@ def test_minimal_job_has_contract_defaults():
     assert spec.job_id == "x" and spec.file == FILE
     assert spec.overlap == "allow" and spec.enabled is True
     assert spec.timeout_s is None and spec.description is None
+    assert (spec.catch_up, spec.max_catch_up, spec.starting_deadline_s) == ("none", 100, None)
     assert spec.timezone == "UTC" and isinstance(spec.trigger, CronTrigger)
     assert spec.task_type == "execute_command"
     assert spec.task_params["command"] == "true"
@@ -51,6 +52,9 @@ def test_every_key_is_read():
                      overlap="skip", enabled=False, _note="comment"))
     assert (spec.description, spec.timezone, spec.timeout_s, spec.overlap, spec.enabled) == (
         "d", "Europe/Berlin", 2.5, "skip", False)
+    spec = parse(job(catch_up="all", max_catch_up=7, starting_deadline_s=3600))
+    assert (spec.catch_up, spec.max_catch_up, spec.starting_deadline_s) == ("all", 7, 3600.0)
+    assert parse(job(starting_deadline_s=0)).starting_deadline_s == 0.0
 
 
 def test_default_zone_comes_from_the_daemon():
@@ -134,6 +138,16 @@ ERRORS = [
     (job(overlap="never"), 'overlap: must be "allow" or "skip", got "never"'),
     (job(overlap=None), 'overlap: must be "allow" or "skip", got null'),
     (job(enabled="yes"), 'enabled: must be true or false, got "yes"'),
+    (job(catch_up="missed"), 'catch_up: must be "none" or "latest" or "all", got "missed"'),
+    (job(catch_up=True), 'catch_up: must be "none" or "latest" or "all", got true'),
+    (job(max_catch_up=0), "max_catch_up: must be a whole number from 1 to 100,000, got 0"),
+    (job(max_catch_up=2.5), "max_catch_up: must be a whole number from 1 to 100,000, got 2.5"),
+    (job(max_catch_up=10**6),
+     "max_catch_up: must be a whole number from 1 to 100,000, got 1000000"),
+    (job(starting_deadline_s=-1),
+     "starting_deadline_s: must be a number of seconds, 0 or more, got -1"),
+    (job(starting_deadline_s="1h"),
+     'starting_deadline_s: must be a number of seconds, 0 or more, got "1h"'),
     (job(description=["x"]), 'description: must be a string, got ["x"]'),
 ]
 

@@ -264,7 +264,7 @@ def test_logger_ends_cleanly_on_eof_stop_and_sigterm(tmp_path: Path):
     # EOF: the coordinator's end is closed.
     conn, process = start()
     send_message(conn, {"seq": 1, "record": make_record(1)})
-    assert receive_message(conn) == {"ack": 1}
+    assert receive_message(conn) == {"ack": 1, "stored": 1}  # no store: both at once
     conn.close()
     process.join(10)
     assert process.exitcode == 0
@@ -273,7 +273,7 @@ def test_logger_ends_cleanly_on_eof_stop_and_sigterm(tmp_path: Path):
     conn, process = start()
     send_message(conn, {"seq": 2, "record": make_record(2)})
     send_message(conn, {"stop": True})
-    assert receive_message(conn) == {"ack": 2}
+    assert receive_message(conn) == {"ack": 2, "stored": 2}  # no store: both at once
     process.join(10)
     assert process.exitcode == 0
     conn.close()
@@ -281,7 +281,7 @@ def test_logger_ends_cleanly_on_eof_stop_and_sigterm(tmp_path: Path):
     # SIGTERM while idle: exits at once, what it wrote is in the file.
     conn, process = start()
     send_message(conn, {"seq": 3, "record": make_record(3)})
-    assert receive_message(conn) == {"ack": 3}
+    assert receive_message(conn) == {"ack": 3, "stored": 3}  # no store: both at once
     assert process.pid is not None
     os.kill(process.pid, signal.SIGTERM)
     process.join(10)

@@ -33,13 +33,14 @@ class Execution:
     task_params: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     manual: bool = False  # asked for by `taskd run`, not by the schedule
+    catch_up: bool = False  # an occurrence that fell while no taskd ran (job key catch_up)
 
     def to_message(self) -> dict[str, Any]:
         # Not dataclasses.asdict: that deep-copies, and this runs once per execution.
         return {"run_id": self.run_id, "job_id": self.job_id,
                 "scheduled_for": self.scheduled_for, "task_type": self.task_type,
                 "task_params": self.task_params, "timeout_s": self.timeout_s,
-                "manual": self.manual}
+                "manual": self.manual, "catch_up": self.catch_up}
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Execution:
@@ -71,6 +72,8 @@ def execution_record(
     }
     if execution.manual:
         record["manual"] = True
+    if execution.catch_up:
+        record["catch_up"] = True
     return record
 
 

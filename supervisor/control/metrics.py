@@ -72,6 +72,17 @@ class Metrics:
         self.worker_restarts = Counter(
             "taskd_worker_restarts_total", "Worker processes replaced after dying.",
             registry=registry)
+        # Per job, so only with per_job: alert on "no success for a day" across restarts.
+        self.last_success = self.last_failure = None
+        if per_job:
+            self.last_success = Gauge(
+                "taskd_job_last_success_timestamp_seconds",
+                "Start of each job's last successful run (Unix time), across restarts "
+                "with a state dir.", ("job_id",), registry=registry)
+            self.last_failure = Gauge(
+                "taskd_job_last_failure_timestamp_seconds",
+                "Start of each job's last failed run (Unix time), across restarts "
+                "with a state dir.", ("job_id",), registry=registry)
         self.logger_restarts = Counter(
             "taskd_logger_restarts_total", "Logger processes replaced after dying.",
             registry=registry)
@@ -93,6 +104,18 @@ class Metrics:
         lag = _dispatch_lag_s(record)
         if lag is not None:
             self.dispatch_lag.observe(lag)
+        if not record.get("hook"):
+            self.job_ran(str(record.get("job_id", "")), status, record.get("timestamp"))
+
+    def job_ran(self, job_id: str, status: str, started: Any) -> None:
+        """Set a job's last-success or last-failure time (also from the state store)."""
+        gauge = self.last_success if status == "SUCCESS" else self.last_failure
+        if gauge is None or not isinstance(started, str):
+            return
+        try:
+            gauge.labels(job_id=job_id).set(datetime.fromisoformat(started).timestamp())
+        except ValueError:
+            pass
 
     def set_gauges(self, queue_depth: int, busy_workers: int, workers: int,
                    invalid_files: int, jobs: int) -> None:

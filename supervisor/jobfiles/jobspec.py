@@ -33,8 +33,11 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 500  # an error message stays one readable line
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KNOWN_KEYS = ("job_id", "description", "schedule", "timezone", "task", "timeout_s",
-              "overlap", "enabled")
+              "overlap", "enabled", "catch_up", "max_catch_up", "starting_deadline_s")
 OVERLAP_POLICIES = ("allow", "skip")
+CATCH_UP_POLICIES = ("none", "latest", "all")
+DEFAULT_MAX_CATCH_UP = 100
+MAX_MAX_CATCH_UP = 100_000
 _TIMESTAMP_START = re.compile(r"\d{4}-\d{2}-\d{2}")
 _KEY_FIRST = re.compile(r"\w+[.:]")  # a message that starts with the key it is about
 # A one-time instant is later shown in any zone (status, ``taskd next``): keep a day clear
@@ -69,6 +72,9 @@ class JobSpec:
     overlap: str = "allow"
     enabled: bool = True
     description: str | None = None
+    catch_up: str = "none"  # what a daemon starting on a state dir runs of what it missed
+    max_catch_up: int = DEFAULT_MAX_CATCH_UP
+    starting_deadline_s: float | None = None  # None: the daemon's --misfire-grace
 
     @property
     def one_time(self) -> bool:
@@ -206,6 +212,10 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
         overlap=_choice(document, "overlap", OVERLAP_POLICIES, "allow", file),
         enabled=_flag(document, "enabled", True, file),
         description=description,
+        catch_up=_choice(document, "catch_up", CATCH_UP_POLICIES, "none", file),
+        max_catch_up=_count(document, "max_catch_up", DEFAULT_MAX_CATCH_UP, MAX_MAX_CATCH_UP,
+                            file),
+        starting_deadline_s=_deadline(document.get("starting_deadline_s"), file),
     )
 
 
@@ -277,6 +287,28 @@ def _timeout(value: Any, file: str) -> float | None:
             return seconds
     raise JobFileError(file, f"timeout_s: must be a positive number of seconds, got "
                              f"{show(value)}")
+
+
+def _count(document: dict, key: str, default: int, most: int, file: str) -> int:
+    value = document.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most:
+        return value
+    raise JobFileError(file, f"{key}: must be a whole number from 1 to {most:,}, got "
+                             f"{show(value)}")
+
+
+def _deadline(value: Any, file: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    raise JobFileError(file, f"starting_deadline_s: must be a number of seconds, 0 or more, "
+                             f"got {show(value)}")
 
 
 def _choice(document: dict, key: str, allowed: tuple[str, ...], default: str, file: str) -> str:

@@ -31,8 +31,9 @@ from supervisor.jobfiles.reconcile import Changes, Reconciler
 from supervisor.processes.handoff import ExecutionQueue
 from supervisor.processes.heap import bulk_load
 from supervisor.processes.readiness import wait_readable
+from supervisor.store.abc import Memory
 from supervisor.timing.schedule import Occurrence, Schedule
-from workers.execution import Execution, new_run_id
+from workers.execution import Execution, failure_record, new_run_id
 
 MAX_SLEEP_S = 1.0
 # Occurrences are handed to idle workers this long before their instant; the worker holds
@@ -45,6 +46,9 @@ RESCAN_COST_FACTOR = 400  # the periodic rescan takes at most ~0.25 % of the loo
 # half a second) and report, before the coordinator kills what is left.
 SHUTDOWN_KILL_AFTER_S = 3.0
 LOGGER_FLUSH_S = 10.0
+# How often the state store hears that this daemon is alive: catch-up after a crash
+# looks back from the last of these (see schedule.py).
+ALIVE_EVERY_S = 5.0
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -76,6 +80,9 @@ class DaemonOptions:
     metrics_address: str = "127.0.0.1"
     allow_insecure_files: bool = False
     heartbeat_timeout_s: float = 10.0
+    state_dir: str | None = None
+    history_days: float = 30.0
+    history_per_job: int = 1000
 
 
 class Coordinator:
@@ -83,7 +90,8 @@ class Coordinator:
                  watcher: Any, clock: Clock | None = None,
                  diagnostics: Diagnostics | None = None,
                  notifier: Notifier | None = None, control: Any = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, memory: Memory | None = None,
+                 state: str = "memory") -> None:
         self.options = options
         self.queue = queue
         self.logger = logger
@@ -94,6 +102,12 @@ class Coordinator:
         self.control = control  # the control socket server, when there is one
         self.metrics = metrics  # Prometheus metrics, when --metrics-port is given
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
+        self.memory = memory  # what the state store had at start (None: in memory only)
+        self.state = state  # the store's file, or "memory"
+        if memory is not None:
+            self.schedule.remember(memory)
+        self._marked_known: set[str] = set()
+        self._next_alive = self.clock.monotonic()
         self.reconciler = Reconciler(partial(
             read_stamped_job_file, default_zone=options.timezone,
             trusted_only=not options.allow_insecure_files))
@@ -122,9 +136,13 @@ class Coordinator:
     def load(self) -> None:
         """The first full scan of the jobs directory."""
         started = self.clock.monotonic()
+        self._account_for_lost_runs()
+        self.schedule.catching_up = self.memory is not None
         with bulk_load(), self.diagnostics.batched():
             # Every file is new: the stamps come from reading them (see jobdir.UNSTAMPED).
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir, stamped=False)))
+        self.schedule.catching_up = False
+        self._seed_metrics()
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
         self._back_off_rescan(self.clock.monotonic() - started)
@@ -133,9 +151,34 @@ class Coordinator:
         self.emit({"event": "ready", "level": "info", "pid": os.getpid(), "jobs": jobs,
                    "invalid_files": errors, "workers": self.options.workers,
                    "worker_pids": self.queue.worker_pids(), "logger_pid": self.logger.pid,
-                   "jobs_dir": self.options.jobs_dir})
+                   "jobs_dir": self.options.jobs_dir, "state": self.state,
+                   "catching_up": self.schedule.catching_up_jobs})
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         self._update_gauges()
+
+    def _account_for_lost_runs(self) -> None:
+        """Runs a previous daemon handed out and never recorded (it was killed, or the
+        machine went down): one FAILURE record each, ``daemon lost``. Never re-run."""
+        if self.memory is None:
+            return
+        alive = self.memory.last_alive
+        for run in self.memory.unfinished:
+            started = datetime.fromtimestamp(run["dispatched_at"], UTC)
+            ended = datetime.fromtimestamp(max(run["dispatched_at"], alive or 0.0), UTC)
+            execution = Execution(run_id=run["run_id"], job_id=run["job_id"],
+                                  scheduled_for=run["scheduled_for"], task_type="",
+                                  manual=run["manual"])
+            record = failure_record(execution, started=started, finished=ended, worker=0,
+                                    error="daemon lost")
+            self._collect([record])
+
+    def _seed_metrics(self) -> None:
+        if self.metrics is None or self.memory is None:
+            return
+        for job_id, job in self.memory.jobs.items():
+            if job_id in self.schedule.jobs:
+                self.metrics.job_ran(job_id, "SUCCESS", job.last_success)
+                self.metrics.job_ran(job_id, "FAILURE", job.last_failure)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -161,6 +204,7 @@ class Coordinator:
             self.control.service()  # may ask for a run, a reload or a stop
         self._watch()
         self._dispatch_due()  # ExecutionQueue.put hands out to idle workers at once
+        self._mark_alive()
         self.logger.pump()
         self._keep_alive()
         self._update_gauges()
@@ -178,6 +222,13 @@ class Coordinator:
             return
         self._next_keepalive = mono + self._keepalive_s
         self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+
+    def _mark_alive(self, *, now: bool = False) -> None:
+        mono = self.clock.monotonic()
+        if not self.logger.storing or (mono < self._next_alive and not now):
+            return
+        self._next_alive = mono + ALIVE_EVERY_S
+        self.logger.mark({"mark": "alive", "at": self.clock.now().timestamp()})
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what an operator sees in ``systemctl status``."""
@@ -197,6 +248,8 @@ class Coordinator:
         return objects
 
     def _sleep_s(self) -> float:
+        if self.schedule.catch_up_ready():
+            return 0.0
         mono = self.clock.monotonic()
         limits = [MAX_SLEEP_S, self._next_rescan - mono]
         if self._keepalive_s is not None:
@@ -259,17 +312,38 @@ class Coordinator:
         now = self.clock.now()
         for job_id in changes.removed:
             self.schedule.remove(job_id)
+        known: list[str] = []
         for spec in changes.upserted:
             self.schedule.upsert(spec, now)
+            if (spec.catch_up != "none" and self.logger.storing
+                    and spec.job_id not in self._marked_known
+                    and not self.schedule.knows(spec.job_id)):
+                known.append(spec.job_id)  # from now on it can miss something
+        if known:
+            self._marked_known.update(known)
+            self.logger.mark({"mark": "known", "job_ids": known, "at": now.timestamp()})
         for event in changes.events:
             self.emit(event)
+        for event in self.schedule.take_events():
+            self._missed(event)
 
     def _dispatch_due(self) -> None:
         occurrences, events = self.schedule.due(self.clock.now(), HANDOFF_LEAD_S)
         for event in events:
-            self.emit(event)
+            self._missed(event)
         for occurrence in occurrences:
             self.submit(occurrence)
+        for occurrence in self.schedule.catch_up_due():
+            self.submit(occurrence)
+
+    def _missed(self, event: dict[str, Any]) -> None:
+        """A missed or skipped diagnostic; the store remembers the occurrences are done."""
+        self.emit(event)
+        if self.logger.storing and event["event"] in ("missed", "skipped"):
+            state = self.schedule.jobs.get(event["job_id"])
+            self.logger.mark({"mark": "missed", "job_id": event["job_id"],
+                              "scheduled_for": event.get("last", event["scheduled_for"]),
+                              "one_time": bool(state and state.spec.one_time)})
 
     def submit(self, occurrence: Occurrence) -> Execution:
         spec = occurrence.spec
@@ -281,8 +355,15 @@ class Coordinator:
             task_params=dict(spec.task_params),
             timeout_s=spec.timeout_s,
             manual=occurrence.manual,
+            catch_up=occurrence.catch_up,
         )
         self.schedule.run_started(spec.job_id)
+        if self.logger.storing:  # before the run can end: its record comes after this
+            self.logger.mark({"mark": "dispatched", "job_id": spec.job_id,
+                              "run_id": execution.run_id,
+                              "scheduled_for": execution.scheduled_for,
+                              "at": self.clock.now().timestamp(),
+                              "one_time": spec.one_time, "manual": occurrence.manual})
         self.queue.put(execution)
         return execution
 
@@ -310,6 +391,7 @@ class Coordinator:
             "uptime_s": round((now - self.started_at).total_seconds(), 3),
             "jobs_dir": self.options.jobs_dir,
             "timezone": self.options.timezone,
+            "state": self.state,
             "workers": self.queue.worker_status(),
             "logger": {"pid": self.logger.pid, "unacknowledged": self.logger.unacked},
             "queue_depth": self.queue.depth(),
@@ -332,7 +414,8 @@ class Coordinator:
                 "timezone": spec.timezone, "enabled": spec.enabled,
                 "next_run": state.next_fire.isoformat() if state.next_fire else None,
                 "last_run": state.last_started, "last_status": state.last_status,
-                "last_error": state.last_error, "running": state.in_flight}
+                "last_error": state.last_error, "last_success": state.last_success,
+                "last_failure": state.last_failure, "running": state.in_flight}
 
     def run_now(self, job_id: str) -> Execution | None:
         """``taskd run``: one manual execution now, whatever the schedule says."""
@@ -393,6 +476,7 @@ class Coordinator:
         self._collect(self.queue.kill_all("shutdown"))
         if self.control is not None:
             self.control.close()
+        self._mark_alive(now=True)  # the next start looks back from here
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})

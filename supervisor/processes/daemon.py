@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 from supervisor.control.commands import dispatch
 from supervisor.control.control_server import ControlServer, ControlSocketError
@@ -75,23 +76,55 @@ def run_daemon(options: DaemonOptions) -> int:
         if metrics is not None:
             metrics.logger_restarted()
 
+    lock, memory, store, state = None, None, None, "memory"
+    if options.state_dir is not None:
+        from supervisor.store.state_dir import (
+            StateDirInUse,
+            StateDirLock,
+            StateDirUnusable,
+            store_path,
+        )
+
+        lock = StateDirLock(options.state_dir)
+        try:  # right after the socket: a second daemon on this state dir stops here
+            lock.acquire()
+            memory, store = _open_state(options, diagnostics)
+        except StateDirInUse as error:
+            print(f"taskd: {error}", file=sys.stderr)
+            if control is not None:
+                control.close()
+            if metrics is not None:
+                metrics.stop_http()
+            return 2
+        except StateDirUnusable as error:
+            lock = None
+            diagnostics.emit(_store_unusable(str(error), store_path(options.state_dir)))
+        if store is not None:
+            state = store[0]
+
+    def on_store_failed(message: str) -> None:
+        coordinator.state = "memory"
+        diagnostics.emit(_store_unusable(message, store[0] if store else ""))
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     pool = WorkerPool(options.workers, context=context, monotonic=time.monotonic,
                       on_event=on_pool_event, heartbeat_timeout_s=options.heartbeat_timeout_s)
     logger = LoggerLink(context, options.log_file, coordinator_pid=os.getpid(),
-                        on_restart=on_logger_restart)
+                        on_restart=on_logger_restart, store=store,
+                        on_store_failed=on_store_failed)
     watcher = DirectoryWatcher(options.jobs_dir)
     coordinator = Coordinator(options, queue=pool, logger=logger, watcher=watcher,
                               diagnostics=diagnostics, notifier=Notifier(), control=control,
-                              metrics=metrics)
+                              metrics=metrics, memory=memory, state=state)
     _prepare_child_environment()
     # Signals first: a SIGTERM that arrives while children start is not lost.
     coordinator.install_signal_handlers()
     diagnostics.emit({"event": "starting", "level": "info", "pid": os.getpid(),
                       "workers": options.workers, "jobs_dir": options.jobs_dir,
                       "socket": options.socket_path, "metrics_port": metrics_port,
-                      "timezone": options.timezone, "log_file": options.log_file})
+                      "timezone": options.timezone, "log_file": options.log_file,
+                      "state_dir": options.state_dir})
     try:
         logger.start()
         pool.start()
@@ -112,7 +145,43 @@ def run_daemon(options: DaemonOptions) -> int:
         _kill_leftovers(diagnostics)
         if metrics is not None:
             metrics.stop_http()
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _open_state(options: DaemonOptions, diagnostics: Diagnostics) -> tuple[Any, Any]:
+    """Read what the previous daemon left, and how the logger is to store what happens.
+
+    A store that cannot be used is one diagnostic and memory-only state, never fatal:
+    it holds history, not what is scheduled.
+    """
+    from supervisor.store.abc import StoreError
+    from supervisor.store.sqlite import SQLiteStore
+    from supervisor.store.state_dir import store_path
+    from supervisor.store.writer import Retention
+
+    assert options.state_dir is not None
+    path = store_path(options.state_dir)
+    try:
+        sqlite_store = SQLiteStore(path)
+        try:
+            memory = sqlite_store.load_memory()
+        finally:
+            sqlite_store.close()
+    except StoreError as error:
+        diagnostics.emit(_store_unusable(str(error), path))
+        return None, None
+    retention = Retention(max_age_s=options.history_days * 86400.0,
+                          per_job=options.history_per_job)
+    return memory, (path, retention)
+
+
+def _store_unusable(message: str, path: str) -> dict[str, Any]:
+    return {"event": "state_store_unusable", "level": "error", "file": path,
+            "error": message,
+            "lost": "run history, catch-up and once-only one-time runs across restarts; "
+                    "scheduling goes on in memory"}
 
 
 def _prepare_child_environment() -> None:

@@ -6,9 +6,18 @@ that stops reading our stdout, or a stalled NFS mount can block that process, bu
 the coordinator: ``LoggerLink`` never blocks, keeps every record until the logger
 acknowledges it, and sends a replacement logger everything unacknowledged, in order.
 
-Protocol on the pipe: coordinator -> logger ``{"seq": n, "record": {...}}`` or
-``{"stop": true}``; logger -> coordinator ``{"ack": n}``, meaning "every record up to n
-is written".
+With a state store (``--state-dir``) the logger is also the store's one writer: after
+a record's line is written it goes into the store in batched transactions, together with
+the coordinator's *marks* (runs handed out, occurrences missed; see store/abc.py). The
+link then keeps each entry until it is stored, not only written, and a replacement
+logger is sent the written-but-unstored ones again with ``store_only`` (stored, not
+logged twice).
+
+Protocol on the pipe: coordinator -> logger ``{"seq": n, "record": {...}}`` (with
+``"store_only": true`` on a resend), ``{"seq": n, "marks": [...]}`` or ``{"stop": true}``;
+logger -> coordinator ``{"ack": n}``: "record n is written", ``{"stored": n}``: "every
+entry up to n is stored" (without a store, every ack is both), and once, if the store
+fails, ``{"store_failed": "<file>: <problem>"}``.
 """
 
 from __future__ import annotations
@@ -27,13 +36,16 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pythonjsonlogger.json import JsonFormatter
 
 from supervisor.control.json_line import one_line
 from supervisor.processes.channel import Channel, receive_message, send_message
 from workers.child_process import become_child_process
+
+if TYPE_CHECKING:
+    from supervisor.store.writer import Retention
 
 _TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line
 # A logger that dies this many times within the window is restarted only after a pause.
@@ -136,15 +148,43 @@ class _Termination:
             raise SystemExit(0)  # nothing half-written: we are blocked reading the pipe
 
 
-def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None) -> None:
-    """The logger process: write each record received, then acknowledge it."""
+def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
+                store: tuple[str, Retention] | None = None) -> None:
+    """The logger process: write each record received, acknowledge it, store it."""
     become_child_process(coordinator_pid)
     termination = _Termination()
     try:
         logger = _execution_logger(log_file)
     except OSError as error:
         _fail(error, log_file)
+    writer = None
+    if store is not None:
+        from supervisor.store.writer import StoreWriter  # sqlite3: only with a state dir
+
+        writer = StoreWriter(*store)
+    stored_up_to = 0  # the last seq whose items are in the store (or need not be)
+    told_failure = False
+
+    def with_failure(reply: dict[str, Any]) -> dict[str, Any]:
+        # The failure travels with (before) the first "stored" it explains: the link
+        # must know those entries were dropped, not stored.
+        nonlocal told_failure
+        if writer is not None and writer.failed and not told_failure:
+            reply = {"store_failed": writer.failed, **reply}
+            told_failure = True
+        return reply
+
     while True:
+        if writer is not None and not conn.poll(0):
+            # Nothing more to read: commit now, and prune a little while idle.
+            if writer.pending:
+                writer.commit()
+                if not _send(conn, with_failure({"stored": stored_up_to})):
+                    break
+            while writer.prune_due() and writer.prune_chunk() and not conn.poll(0):
+                pass
+            if writer.failed and not told_failure and not _send(conn, with_failure({})):
+                break
         termination.waiting = True
         try:
             if termination.requested:
@@ -156,18 +196,43 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None) ->
             termination.waiting = False
         if message.get("stop"):
             break
-        try:
-            logger.info(message["record"])
-        except OSError as error:
-            _fail(error, log_file)  # without the ack: the next logger writes it again
+        seq = message["seq"]
+        record = message.get("record")
+        if record is not None and not message.get("store_only"):
+            try:
+                logger.info(record)
+            except OSError as error:
+                _fail(error, log_file)  # without the ack: the next logger writes it again
         # One ack per record, right after its write: a logger killed now repeats at most
         # this one record. Batching acks would widen that window, and a logger holding
         # unacknowledged records while blocked on a half-sent frame would stall the
         # link: the coordinator only pushes the rest of a frame when an ack wakes it.
-        try:
-            send_message(conn, {"ack": message["seq"]})
-        except OSError:
+        reply: dict[str, Any] = {}
+        if record is not None:
+            reply["ack"] = seq
+        if writer is None or writer.failed:
+            reply["stored"] = seq
+        else:
+            full = writer.add([{"record": record}] if record is not None else message["marks"])
+            stored_up_to = seq
+            if full:
+                writer.commit()
+                reply["stored"] = seq
+        if reply and not _send(conn, with_failure(reply)):
             break
+    if writer is not None:
+        if writer.pending:
+            writer.commit()
+            _send(conn, with_failure({"stored": stored_up_to}))
+        writer.close()
+
+
+def _send(conn: Connection, message: dict[str, Any]) -> bool:
+    try:
+        send_message(conn, message)
+    except OSError:
+        return False
+    return True
 
 
 def _fail(error: OSError, log_file: str | None) -> NoReturn:
@@ -176,6 +241,28 @@ def _fail(error: OSError, log_file: str | None) -> NoReturn:
         diagnostic["file"] = log_file
     print(json.dumps(diagnostic), file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+class _Entry:
+    """One message to the logger, kept until the logger has stored it (or, without a
+    store, written it)."""
+
+    __slots__ = ("marks", "record", "seq", "size", "written")
+
+    def __init__(self, seq: int, record: dict[str, Any] | None,
+                 marks: list[dict[str, Any]] | None) -> None:
+        self.seq = seq
+        self.record = record
+        self.marks = marks
+        self.size = 0  # encoded bytes, once sent
+        self.written = record is None  # marks have no line to write
+
+    def message(self) -> dict[str, Any]:
+        if self.record is None:
+            return {"seq": self.seq, "marks": self.marks}
+        if self.written:
+            return {"seq": self.seq, "record": self.record, "store_only": True}
+        return {"seq": self.seq, "record": self.record}
 
 
 class LoggerLink:
@@ -189,21 +276,28 @@ class LoggerLink:
         coordinator_pid: int | None = None,
         max_in_flight_bytes: int = 256 * 1024,
         on_restart: Callable[[int, int | None], None] | None = None,
+        store: tuple[str, Retention] | None = None,
+        on_store_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._context = context
         self._log_file = log_file
         self._coordinator_pid = coordinator_pid or os.getpid()
         self._max_in_flight_bytes = max_in_flight_bytes
         self._on_restart = on_restart
+        self._store = store
+        self._on_store_failed = on_store_failed
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: Channel | None = None
         self._exit_poll = select.poll()  # the current logger's sentinel (see start)
         self._next_seq = 1
-        # Unacknowledged (seq, record, encoded size), oldest first; the first _in_flight
-        # of them have been handed to the current channel, the rest wait.
-        self._records: deque[tuple[int, dict[str, Any], int]] = deque()
+        # Entries not yet stored (without a store: not yet written), oldest first; the
+        # first _in_flight of them have been handed to the current channel.
+        self._records: deque[_Entry] = deque()
         self._in_flight = 0
         self._in_flight_bytes = 0
+        self._unwritten = 0  # records among them whose line is not written yet
+        self._written_prefix = 0  # how many of the first entries are written
+        self._marks: list[dict[str, Any]] = []  # for the store, not yet in an entry
         self._deaths: deque[float] = deque(maxlen=FLAP_DEATHS)
         self._restart_at: float | None = None
 
@@ -213,21 +307,27 @@ class LoggerLink:
 
     @property
     def unacked(self) -> int:
-        """Records not yet acknowledged: sent and waiting alike."""
-        return len(self._records)
+        """Records whose line is not written yet: sent and waiting alike."""
+        return self._unwritten
 
     @property
     def queued(self) -> int:
-        """Records not yet sent to the current logger process."""
+        """Entries not yet sent to the current logger process."""
         return len(self._records) - self._in_flight
 
+    @property
+    def storing(self) -> bool:
+        """Whether marks and records go to a state store (not after it failed)."""
+        return self._store is not None
+
     def start(self) -> None:
-        """Start the logger (or replace the current one) and resend what is unacknowledged."""
+        """Start the logger (or replace the current one) and resend what it has not
+        stored (what was written, for the store only)."""
         self._discard_process()
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         process = self._context.Process(
             target=logger_main,
-            args=(child_end, self._coordinator_pid, self._log_file),
+            args=(child_end, self._coordinator_pid, self._log_file, self._store),
             name="taskd-logger",
             daemon=True,
         )
@@ -248,11 +348,28 @@ class LoggerLink:
         self.pump()
 
     def submit(self, record: dict[str, Any]) -> None:
-        self._records.append((self._next_seq, record, 0))
-        self._next_seq += 1
+        self._seal_marks()  # what happened before this record is stored before it
+        self._append(record, None)
+        self._unwritten += 1
         self.pump()
 
+    def mark(self, mark: dict[str, Any]) -> None:
+        """Something for the store only (see store/abc.py); sent with the next pump."""
+        if self._store is not None:
+            self._marks.append(mark)
+
+    def _seal_marks(self) -> None:
+        if self._marks:
+            self._append(None, self._marks)
+            self._marks = []
+
+    def _append(self, record: dict[str, Any] | None,
+                marks: list[dict[str, Any]] | None) -> None:
+        self._records.append(_Entry(self._next_seq, record, marks))
+        self._next_seq += 1
+
     def pump(self) -> None:
+        self._seal_marks()
         channel = self._channel
         if channel is None or channel.closed:
             return
@@ -260,11 +377,10 @@ class LoggerLink:
         while self._in_flight < len(self._records) and (
             self._in_flight_bytes < self._max_in_flight_bytes
         ):
-            seq, record, _ = self._records[self._in_flight]
-            size = channel.send({"seq": seq, "record": record})
-            self._records[self._in_flight] = (seq, record, size)
+            entry = self._records[self._in_flight]
+            entry.size = channel.send(entry.message())
             self._in_flight += 1
-            self._in_flight_bytes += size
+            self._in_flight_bytes += entry.size
 
     def handle_readable(self) -> None:
         if self._channel is None:
@@ -339,13 +455,40 @@ class LoggerLink:
     def _take_acks(self) -> None:
         assert self._channel is not None
         for message in self._channel.receive():
-            acked = message.get("ack") if isinstance(message, dict) else None
-            if not isinstance(acked, int):
+            if not isinstance(message, dict):
                 continue
-            while self._in_flight and self._records[0][0] <= acked:
-                _, _, size = self._records.popleft()
-                self._in_flight -= 1
-                self._in_flight_bytes -= size
+            written = message.get("ack")
+            if isinstance(written, int):
+                self._written_up_to(written)
+            failure = message.get("store_failed")
+            if isinstance(failure, str) and self._store is not None:
+                self._store = None  # in memory from now on; replacement loggers too
+                self._marks = []
+                if self._on_store_failed is not None:
+                    self._on_store_failed(failure)
+            stored = message.get("stored")
+            if isinstance(stored, int):
+                self._stored_up_to(stored)
+
+    def _written_up_to(self, seq: int) -> None:
+        # Lines are written in order: the written entries are a prefix of the sent ones.
+        index = self._written_prefix
+        while index < self._in_flight and self._records[index].seq <= seq:
+            entry = self._records[index]
+            if not entry.written:
+                entry.written = True
+                self._unwritten -= 1
+            index += 1
+        self._written_prefix = index
+
+    def _stored_up_to(self, seq: int) -> None:
+        while self._in_flight and self._records[0].seq <= seq:
+            entry = self._records.popleft()
+            self._written_prefix = max(0, self._written_prefix - 1)
+            self._in_flight -= 1
+            self._in_flight_bytes -= entry.size
+            if not entry.written:  # stored implies written (a record's line comes first)
+                self._unwritten -= 1
 
     def _discard_process(self) -> None:
         """Make sure the current logger process is gone (killing it if need be)."""

@@ -30,6 +30,7 @@ STEPS: list[str] = [
     );
     CREATE INDEX executions_by_job ON executions (job_id, started);
     CREATE INDEX executions_by_start ON executions (started);
+    CREATE INDEX executions_by_status ON executions (status, started);
     CREATE TABLE jobs (
         job_id TEXT PRIMARY KEY,
         known_since REAL,               -- first loaded (jobs that catch up)

@@ -44,9 +44,12 @@ class SQLiteStore(StateStore):
                 self._db = sqlite3.connect(path, isolation_level=None,
                                            check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if read_only:
-                migrations.check_readable(self._db, path)
-            else:
+            # Before anything that writes (even the journal mode is in the file's header):
+            # a store we must refuse is left exactly as it is.
+            version = migrations.check_readable(self._db, path)
+            if read_only and version == 0:
+                raise StoreError(f"{path}: not a taskd state store (it is empty)")
+            if not read_only:
                 if self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
                     raise StoreError(f"{path}: cannot use write-ahead logging")
                 self._db.execute("PRAGMA synchronous = NORMAL")
@@ -173,7 +176,10 @@ class SQLiteStore(StateStore):
         try:
             yield
         except sqlite3.Error as error:
-            raise StoreError(f"{self.location}: {_reason(error)}") from None
+            reason = _reason(error)
+            if _read_only_fs(self.location) and "read-only" not in reason:
+                reason = f"read-only file system ({reason})"
+            raise StoreError(f"{self.location}: {reason}") from None
         except OSError as error:
             raise StoreError(f"{self.location}: {error.strerror or error}") from None
 
@@ -243,6 +249,13 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _quote(path: str) -> str:

@@ -18,7 +18,11 @@ LOCK_FILE = "taskd.lock"
 
 
 class StateDirInUse(Exception):
-    """Another daemon holds the state directory (or it cannot be locked)."""
+    """Another daemon holds the state directory."""
+
+
+class StateDirUnusable(Exception):
+    """The lock file cannot be made (say the directory is read-only): no store then."""
 
 
 def state_dir_from(option: str | None, environ: dict[str, str] | os._Environ) -> str | None:
@@ -44,8 +48,11 @@ class StateDirLock:
             os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as error:
-            raise StateDirInUse(f"--state-dir {self.state_dir}: cannot create "
-                                f"{self.path}: {error.strerror}") from None
+            try:  # a read-only state dir: flock needs no write access to the file
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise StateDirUnusable(f"--state-dir {self.state_dir}: cannot create "
+                                       f"{self.path}: {error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -53,8 +60,11 @@ class StateDirLock:
             os.close(fd)
             raise StateDirInUse(f"--state-dir {self.state_dir}: in use by another taskd"
                                 f"{f' (pid {holder})' if holder else ''}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # read-only: locked all the same, only without our pid in it
         self._fd = fd
 
     def release(self) -> None:

@@ -14,6 +14,16 @@ Policies:
 - ``overlap: "skip"``: an occurrence that comes due while a run of the same job is still
   waiting or running is reported skipped.
 - ``enabled: false``: loaded, shown, never scheduled.
+- ``starting_deadline_s`` (default ``misfire_grace_s``) is a job's own grace.
+
+Memory (``remember``, from the state store when the daemon has one): one-time
+instants already run or missed are never run again, and each job's last runs carry
+over. While the first load is under way (``catching_up``), a cron job with
+``catch_up`` that the store knows looks back at what fell while no taskd ran: since the
+latest of the previous daemon's last sign of life, the job's last accounted occurrence
+and the moment it was first seen. ``"latest"`` runs the newest of those once, ``"all"``
+each (the newest ``max_catch_up``, oldest first, one at a time); an occurrence more than
+the deadline ago, or beyond the bound, is reported missed.
 
 Early hand-out: ``due(now, lead_s)`` also returns occurrences up to ``lead_s`` ahead, so
 a worker can hold the run and start it at its instant (the coordinator's wake-up and
@@ -32,6 +42,7 @@ from functools import lru_cache
 from typing import Any
 
 from supervisor.jobfiles.jobspec import JobSpec
+from supervisor.store.abc import JobMemory, Memory
 from supervisor.timing.timing_wheel import TimingWheel
 from supervisor.timing.triggers import OneTimeTrigger
 
@@ -51,6 +62,8 @@ class Runs:
     last_started: str | None = None  # ISO timestamp of the last finished run's start
     last_status: str | None = None
     last_error: str | None = None
+    last_success: str | None = None  # ISO: start of the last successful run
+    last_failure: str | None = None
     history: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_LENGTH))
 
@@ -87,6 +100,14 @@ class JobState:
         return (self.runs or _NEVER_RAN).last_error
 
     @property
+    def last_success(self) -> str | None:
+        return (self.runs or _NEVER_RAN).last_success
+
+    @property
+    def last_failure(self) -> str | None:
+        return (self.runs or _NEVER_RAN).last_failure
+
+    @property
     def history(self) -> deque[dict[str, Any]] | None:
         return None if self.runs is None else self.runs.history
 
@@ -98,6 +119,7 @@ class Occurrence:
     spec: JobSpec
     scheduled_for: datetime
     manual: bool = False
+    catch_up: bool = False
 
 
 class Schedule:
@@ -105,10 +127,30 @@ class Schedule:
         self.jobs: dict[str, JobState] = {}
         self.wheel = TimingWheel(now.timestamp())
         self.misfire_grace_s = misfire_grace_s
-        # One-time jobs that have fired or been missed, by job_id: their instant.
-        self._one_time_done: dict[str, datetime] = {}
+        # One-time jobs that have fired or been missed: (job_id, epoch of the instant).
+        self._one_time_done: set[tuple[str, float]] = set()
+        # What the state store remembers of each job (empty without a store).
+        self._remembered: dict[str, JobMemory] = {}
+        self._last_alive: float | None = None
+        self.catching_up = False  # set by the coordinator around the first load
+        # Catch-up runs waiting, per job, oldest first: one at a time (see catch_up_due).
+        self._catch_up: dict[str, deque[datetime]] = {}
         # Occurrences seen early whose decision waits for their instant (epoch seconds).
         self._at_instant: dict[str, float] = {}
+        self._events: list[dict[str, Any]] = []
+
+    def remember(self, memory: Memory) -> None:
+        """What a previous daemon on this state dir left (before the first load)."""
+        self._one_time_done |= memory.one_time_done
+        self._remembered = memory.jobs
+        self._last_alive = memory.last_alive
+
+    def knows(self, job_id: str) -> bool:
+        return job_id in self._remembered
+
+    def grace_s(self, spec: JobSpec) -> float:
+        deadline = spec.starting_deadline_s
+        return self.misfire_grace_s if deadline is None else deadline
 
     # -- the job table ---------------------------------------------------------------
 
@@ -123,6 +165,15 @@ class Schedule:
                 return  # e.g. the command or the file name changed: keep the next run
         else:
             state = self.jobs[spec.job_id] = JobState(spec)
+            remembered = self._remembered.get(spec.job_id)
+            if remembered is not None and remembered.last_started is not None:
+                runs = state.started()
+                runs.last_started = remembered.last_started
+                runs.last_status = remembered.last_status
+                runs.last_error = remembered.last_error
+                runs.last_success = remembered.last_success
+                runs.last_failure = remembered.last_failure
+        self._catch_up.pop(spec.job_id, None)
         self._schedule_first(state, now)
 
     def remove(self, job_id: str) -> None:
@@ -130,6 +181,7 @@ class Schedule:
         self.jobs.pop(job_id, None)
         self.wheel.cancel(job_id)
         self._at_instant.pop(job_id, None)
+        self._catch_up.pop(job_id, None)
 
     def _schedule_first(self, state: JobState, now: datetime) -> None:
         spec = state.spec
@@ -137,10 +189,81 @@ class Schedule:
             self._set_next(state, None)
         elif isinstance(spec.trigger, OneTimeTrigger):
             at = spec.trigger.at
-            done = self._one_time_done.get(spec.job_id) == at
+            done = (spec.job_id, _epoch_seconds(at)) in self._one_time_done
             self._set_next(state, None if done else at)  # a past instant comes due at once
         else:
             self._set_next(state, spec.trigger.next_after(now))
+            if self.catching_up and spec.catch_up != "none":
+                self._events.extend(self._plan_catch_up(state, now))
+
+    # -- catch-up --------------------------------------------------------------------
+
+    def _plan_catch_up(self, state: JobState, now: datetime) -> list[dict[str, Any]]:
+        """Queue the runs of what fell while no taskd ran; diagnostics for the rest."""
+        spec = state.spec
+        remembered = self._remembered.get(spec.job_id)
+        if remembered is None:
+            return []  # new to this state dir: nothing was missed
+        since = max((t for t in (self._last_alive, remembered.last_scheduled,
+                                 remembered.known_since) if t is not None), default=None)
+        if since is None:
+            return []
+        start = datetime.fromtimestamp(since, now.tzinfo)
+        oldest_runnable = now.timestamp() - self.grace_s(spec)
+        keep = 1 if spec.catch_up == "latest" else spec.max_catch_up
+        runnable: deque[datetime] = deque(maxlen=keep)
+        missed, first_missed, last_missed = 0, None, None
+        following = spec.trigger.next_after(start)
+        counted = 0
+        while following is not None and following <= now and counted < MAX_MISSED_COUNTED:
+            counted += 1
+            if following.timestamp() < oldest_runnable:
+                missed, last_missed = missed + 1, following
+                first_missed = first_missed or following
+            else:
+                if len(runnable) == keep:  # pushed out of the bound: missed
+                    dropped = runnable[0]
+                    missed, last_missed = missed + 1, dropped
+                    first_missed = first_missed or dropped
+                runnable.append(following)
+            following = spec.trigger.next_after(following)
+        if runnable:
+            self._catch_up[spec.job_id] = deque(runnable)
+        if not missed:
+            return []
+        reason = (f"more than {self.grace_s(spec):g}s late" if not runnable else
+                  f"catch_up {spec.catch_up!r} runs {len(runnable)} of "
+                  f"{len(runnable) + missed}")
+        assert first_missed is not None and last_missed is not None
+        return [_event("missed", spec, first_missed, count=missed,
+                       last=last_missed.isoformat(), reason=f"while taskd was not "
+                       f"running; {reason}", catch_up=True)]
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Diagnostics produced while jobs were added (catch-up's missed occurrences)."""
+        events, self._events = self._events, []
+        return events
+
+    def catch_up_due(self) -> list[Occurrence]:
+        """The next catch-up run of each job with none of its runs in flight."""
+        occurrences = []
+        for job_id, waiting in list(self._catch_up.items()):
+            state = self.jobs.get(job_id)
+            if state is None or state.in_flight:
+                continue
+            occurrences.append(Occurrence(state.spec, waiting.popleft(), catch_up=True))
+            if not waiting:
+                del self._catch_up[job_id]
+        return occurrences
+
+    def catch_up_ready(self) -> bool:
+        """Whether ``catch_up_due`` has a run to hand out now."""
+        return any(not (state := self.jobs.get(job_id)) or not state.in_flight
+                   for job_id in self._catch_up)
+
+    @property
+    def catching_up_jobs(self) -> int:
+        return len(self._catch_up)
 
     def _set_next(self, state: JobState, when: datetime | None) -> None:
         state.next_fire = when
@@ -221,15 +344,16 @@ class Schedule:
         if following is not None and following <= now:  # counted enough: jump ahead
             following = trigger.next_after(now)
         if isinstance(trigger, OneTimeTrigger):
-            self._one_time_done[spec.job_id] = trigger.at
+            self._one_time_done.add((spec.job_id, _epoch_seconds(trigger.at)))
         late_s = (now - latest).total_seconds()
-        run = late_s <= self.misfire_grace_s
+        grace_s = self.grace_s(spec)
+        run = late_s <= grace_s
         if not run:
             missed += 1
         if missed:
             events.append(_event("missed", spec, first, count=missed,
                                  last=latest.isoformat(),
-                                 reason=f"more than {self.misfire_grace_s:g}s late"
+                                 reason=f"more than {grace_s:g}s late"
                                  if not run else "coalesced: ran the latest occurrence"))
         self._set_next(state, following)
         return latest if run else None
@@ -250,9 +374,13 @@ class Schedule:
         runs.last_started = record["timestamp"]
         runs.last_status = record["status"]
         runs.last_error = record["error"]
+        if record["status"] == "SUCCESS":
+            runs.last_success = record["timestamp"]
+        else:
+            runs.last_failure = record["timestamp"]
         runs.history.append({key: record.get(key) for key in (
             "run_id", "timestamp", "scheduled_for", "status", "duration_ms", "exit_code",
-            "error", "worker", "manual")})
+            "error", "worker", "manual", "catch_up")})
 
     def manual(self, job_id: str, now: datetime) -> Occurrence | None:
         state = self.jobs.get(job_id)

@@ -1,0 +1,104 @@
+"""The logger process's side of the store: batched writes, background pruning, and
+giving up cleanly.
+
+The logger writes each record's JSON line first (the log stays the primary record),
+then adds the record here. Items are committed in one transaction when the logger has
+nothing more to read, or every ``BATCH_ITEMS``, so a burst costs one commit per batch
+and a quiet daemon commits each record at once.
+
+A store that fails (corrupt, read-only, disk full, locked too long, deleted or replaced
+under us) is closed and never retried by this daemon: ``failed`` holds the one message
+the coordinator turns into one diagnostic, and taskd goes on in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.store.abc import StoreError
+from supervisor.store.sqlite import SQLiteStore
+
+BATCH_ITEMS = 500
+PRUNE_EVERY_S = 60.0
+PRUNE_CHUNK = 1000  # rows per transaction: a write waits at most one chunk
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_age_s: float = 30 * 86400.0
+    per_job: int = 1000
+
+
+class StoreWriter:
+    def __init__(self, path: str, retention: Retention, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.retention = retention
+        self._clock = clock
+        self._monotonic = monotonic
+        self._items: list[dict[str, Any]] = []
+        self.failed: str | None = None
+        self._store: SQLiteStore | None = None
+        try:
+            self._store = SQLiteStore(path)
+        except StoreError as error:
+            self.failed = str(error)
+        self._next_prune = monotonic()  # once at start, then every PRUNE_EVERY_S
+
+    @property
+    def pending(self) -> int:
+        return len(self._items)
+
+    def add(self, items: list[dict[str, Any]]) -> bool:
+        """Queue items; True when the batch is full and should be committed now."""
+        if self._store is not None:
+            self._items.extend(items)
+        return len(self._items) >= BATCH_ITEMS
+
+    def commit(self) -> None:
+        """Write the batch in one transaction (or give up on the store for good)."""
+        items, self._items = self._items, []
+        store = self._store
+        if store is None or not items:
+            return
+        try:
+            if store.file_replaced():
+                raise StoreError(f"{self.path}: deleted or replaced while taskd was using it")
+            store.apply(items)
+        except StoreError as error:
+            self._give_up(str(error))
+
+    def prune_due(self) -> bool:
+        return self._store is not None and self._monotonic() >= self._next_prune
+
+    def prune_chunk(self) -> bool:
+        """Delete one chunk of expired history; True if there may be more to delete."""
+        store = self._store
+        if store is None:
+            return False
+        try:
+            deleted = store.prune(now=self._clock(), max_age_s=self.retention.max_age_s,
+                                  per_job=self.retention.per_job, budget=PRUNE_CHUNK)
+        except StoreError as error:
+            self._give_up(str(error))
+            return False
+        if deleted < PRUNE_CHUNK:
+            self._next_prune = self._monotonic() + PRUNE_EVERY_S
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except StoreError:
+                pass
+            self._store = None
+
+    def _give_up(self, message: str) -> None:
+        self.failed = message
+        self.close()
