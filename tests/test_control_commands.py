@@ -79,6 +79,24 @@ def test_human_status_of_100000_jobs_is_short_and_fits_80_columns():
     assert first_job.startswith("  job-099999-") and "21:00:37 in 37s" in first_job
 
 
+def test_human_status_of_one_job_shows_last_success_failure_and_catch_up():
+    job = {"job_id": "backup", "file": "/srv/jobs.d/backup.json", "schedule": "0 3 * * *",
+           "timezone": "Europe/Berlin", "enabled": True, "task_type": "execute_command",
+           "overlap": "skip", "timeout_s": None, "next_run": iso(NOW + timedelta(hours=6)),
+           "last_run": iso(NOW - timedelta(hours=18)), "last_status": "FAILURE",
+           "last_error": "exit code 2", "last_success": iso(NOW - timedelta(days=2)),
+           "last_failure": iso(NOW - timedelta(hours=18)), "running": 0,
+           "catch_up": "latest", "max_catch_up": 100, "starting_deadline_s": 43200.0,
+           "history": []}
+    lines = assert_fits(COMMANDS["status"].console_msg(job, now=NOW, zone=UTC))
+    assert "  last success 2026-11-24 21:00:00 UTC 2d ago" in lines
+    assert "  last failure 2026-11-26 03:00:00 UTC 18h ago" in lines
+    assert "  catch-up     latest (at most 100, deadline 43200s)" in lines
+    never = {**job, "last_success": None, "catch_up": "none"}
+    lines = COMMANDS["status"].console_msg(never, now=NOW, zone=UTC)
+    assert "  last success -" in lines.splitlines() and "catch-up" not in lines
+
+
 def test_the_daemon_side_limit_keeps_the_soonest_jobs():
     status = fake_status(1000, errors=80)
     coordinator = SimpleNamespace(status=lambda: json.loads(json.dumps(status)))

@@ -215,6 +215,12 @@ def valid_jobs(draw):
         document["enabled"] = draw(st.booleans())
     if draw(st.booleans()):
         document["description"] = draw(_TEXT)
+    if draw(st.booleans()):
+        document["catch_up"] = draw(st.sampled_from(["none", "latest", "all"]))
+    if draw(st.booleans()):
+        document["max_catch_up"] = draw(st.integers(1, 100_000))
+    if draw(st.booleans()):
+        document["starting_deadline_s"] = draw(st.integers(0, 10**6) | st.floats(0, 1e9))
     document.update(draw(_COMMENTS))
     if draw(st.booleans()):
         document["task"].update(draw(_COMMENTS))
@@ -412,6 +418,7 @@ EXECUTE = {"job_id": "job-1", "schedule": "*/5 * * * *", "timezone": "Europe/Ber
            "task": {"type": "execute_command", "command": "echo hi", "env": {"A": "1"},
                     "cwd": "/tmp"},
            "timeout_s": 10, "overlap": "skip", "enabled": True, "description": "d",
+           "catch_up": "all", "max_catch_up": 5, "starting_deadline_s": 600,
            "_comment": "c"}
 HTTP = {**EXECUTE, "schedule": "2030-01-01T00:00:00Z",
         "task": {"type": "http_request", "url": "http://example.com/", "method": "POST",
@@ -419,7 +426,7 @@ HTTP = {**EXECUTE, "schedule": "2030-01-01T00:00:00Z",
 
 # (document, path to the key, what the error must start with)
 TOP_KEYS = ["job_id", "schedule", "timezone", "task", "timeout_s", "overlap", "enabled",
-            "description", "_comment", "_"]
+            "description", "catch_up", "max_catch_up", "starting_deadline_s", "_comment", "_"]
 PLACES = (
     [(base, (key,), key) for base in (EXECUTE, HTTP) for key in TOP_KEYS]
     + [(EXECUTE, ("task", key), "task") for key in ("type", "command", "env", "cwd", "_c")]
@@ -534,6 +541,10 @@ def check_round_trip(spec: JobSpec, document: dict) -> None:
     assert spec.overlap == document.get("overlap", "allow")
     assert spec.enabled is document.get("enabled", True)
     assert spec.description == document.get("description")
+    assert spec.catch_up == document.get("catch_up", "none")
+    assert spec.max_catch_up == document.get("max_catch_up", 100)
+    deadline = document.get("starting_deadline_s")
+    assert spec.starting_deadline_s == (None if deadline is None else float(deadline))
     assert spec.task_type == document["task"]["type"]
     assert dict(spec.task_params) == expected_params(document["task"])
     if isinstance(spec.trigger, OneTimeTrigger):

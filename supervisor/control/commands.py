@@ -174,7 +174,8 @@ class _View:
             f"runs {counters.get('executions', 0)} ({counters.get('success', 0)} ok, "
             f"{counters.get('failure', 0)} failed), worker restarts "
             f"{counters.get('worker_restarts', 0)}, logger pid {s['logger']['pid']}",
-            f"jobs dir {s.get('jobs_dir', '?')}", "",
+            f"jobs dir {s.get('jobs_dir', '?')}",
+            f"state {s.get('state', 'memory')}", "",
             f"WORKERS ({len(s['workers'])})",
             f"  {'ID':>3}  {'PID':<8} {'STATE':<6} {'FOR':<9} JOB"]
         for w in s["workers"]:
@@ -216,7 +217,14 @@ class _View:
                   f"  next run     {self.next_run(j, full=True)}",
                   f"  last run     {self.last_run(j)}"
                   + (f": {j['last_error']}" if j.get("last_error") else ""),
+                  f"  last success {self.when(_parse(j.get('last_success')), full=True)}",
+                  f"  last failure {self.when(_parse(j.get('last_failure')), full=True)}",
                   f"  running now  {j.get('running', 0)}"]
+        if j.get("catch_up", "none") != "none":
+            deadline = j.get("starting_deadline_s")
+            within = "--misfire-grace" if deadline is None else f"{deadline:g}s"
+            lines.insert(-1, f"  catch-up     {j['catch_up']} (at most "
+                             f"{j.get('max_catch_up')}, deadline {within})")
         history = list(reversed(j.get("history") or []))
         lines += ["", f"RECENT RUNS ({len(history)}, newest first)"]
         if history:

@@ -406,7 +406,10 @@ class Coordinator:
             return None
         return {**self._job_status(state), "description": state.spec.description,
                 "task_type": state.spec.task_type, "timeout_s": state.spec.timeout_s,
-                "overlap": state.spec.overlap, "history": list(state.history or [])}
+                "overlap": state.spec.overlap, "catch_up": state.spec.catch_up,
+                "max_catch_up": state.spec.max_catch_up,
+                "starting_deadline_s": state.spec.starting_deadline_s,
+                "history": list(state.history or [])}
 
     def _job_status(self, state: Any) -> dict[str, Any]:
         spec = state.spec

@@ -6,7 +6,7 @@ complete version. A store whose version is above ``CURRENT`` was written by a ne
 taskd: it is refused and never touched (``StoreTooNew``).
 
 A step is never edited once released: the schema changes by adding a step, and
-tests/test_store_sqlite.py upgrades a store built at every earlier version.
+tests/test_store_migrations.py upgrades a store built at every earlier version.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def check_readable(connection: sqlite3.Connection, location: str) -> int:
     return version
 
 
-def upgrade(connection: sqlite3.Connection, location: str) -> int:
-    """Bring the store to ``CURRENT``; the version it was at before."""
+def upgrade(connection: sqlite3.Connection, location: str, target: int | None = None) -> int:
+    """Bring the store to ``CURRENT`` (tests: to ``target``); the version it was at before."""
     before = check_readable(connection, location)
-    for version in range(before + 1, CURRENT + 1):
+    for version in range(before + 1, (CURRENT if target is None else target) + 1):
         with transaction(connection):  # one per step, its version bump included
             if version == 1:
                 connection.execute(f"CREATE TABLE {_MARKER} (version INTEGER NOT NULL)")
