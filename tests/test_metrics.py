@@ -226,3 +226,23 @@ def test_daemon_serves_metrics_when_asked(tmp_path):
         assert samples[("taskd_dispatch_lag_seconds_count", ())] == executions
     finally:
         daemon.kill()
+
+
+def test_last_success_and_failure_per_job_and_none_without_job_labels() -> None:
+    metrics = Metrics()
+    metrics.record_execution(record("report", timestamp="2026-11-26T21:00:00+00:00"))
+    metrics.record_execution(record("report", "FAILURE", timestamp="2026-11-26T22:00:00Z"))
+    metrics.record_execution(record("report", timestamp="2026-11-26T21:30:00+00:00",
+                                    hook="on_failure"))  # a hook is not its job's run
+    metrics.job_ran("backup", "SUCCESS", "2026-11-25T03:00:00+00:00")  # from the store
+    metrics.job_ran("backup", "FAILURE", None)  # never failed: no series
+    got = samples(generate_latest(metrics.registry).decode())
+    success = "taskd_job_last_success_timestamp_seconds"
+    failure = "taskd_job_last_failure_timestamp_seconds"
+    assert got[(success, (("job_id", "report"),))] == 1795726800.0
+    assert got[(failure, (("job_id", "report"),))] == 1795730400.0
+    assert got[(success, (("job_id", "backup"),))] == 1795575600.0
+    assert (failure, (("job_id", "backup"),)) not in got
+    quiet = Metrics(per_job=False)
+    quiet.record_execution(record("report"))
+    assert success not in generate_latest(quiet.registry).decode()
