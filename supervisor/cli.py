@@ -182,6 +182,28 @@ def run(job_id: str, socket_path: str | None, timeout: float) -> None:
 
 
 @main.command()
+@click.argument("job_id", shell_complete=_complete_job_ids)
+@_client_options
+def pause(job_id: str, socket_path: str | None, timeout: float) -> None:
+    """Stop scheduling a job until `taskd resume` (kept across restarts with a state dir).
+
+    Example: taskd pause nightly-report
+    """
+    _say("pause", _ask(socket_path, timeout, "pause", job_id=job_id))
+
+
+@main.command()
+@click.argument("job_id", shell_complete=_complete_job_ids)
+@_client_options
+def resume(job_id: str, socket_path: str | None, timeout: float) -> None:
+    """Schedule a paused job again from now (what fell while paused is not made up).
+
+    Example: taskd resume nightly-report
+    """
+    _say("resume", _ask(socket_path, timeout, "resume", job_id=job_id))
+
+
+@main.command()
 @_client_options
 def reload(socket_path: str | None, timeout: float) -> None:
     """Rescan the jobs directory now (as SIGHUP does).

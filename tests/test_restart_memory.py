@@ -269,3 +269,26 @@ def test_last_success_and_failure_survive_a_restart(dirs):
     assert (status["bad"]["last_success"], status["bad"]["last_failure"]) == (None, minute)
     assert status["bad"]["last_status"] == "FAILURE"
     assert second.coordinator.status()["state"] == str(store)
+
+
+def test_pause_holds_across_a_restart_and_resume_makes_up_nothing(dirs):
+    jobs, store = dirs
+    write_job(jobs, "j", "* * * * *", catch_up="all", starting_deadline_s=3600)
+    first = Life(jobs, store, T0)
+    first.run_until(at(1) + timedelta(seconds=5))
+    assert first.coordinator.set_paused("j", True)["changed"]
+    first.run_until(at(3) + timedelta(seconds=5))
+    assert len(first.executions) == 1  # 12:01 only
+    first.stop()
+    second = Life(jobs, store, at(6) + timedelta(seconds=5))
+    second.run_until(at(8) + timedelta(seconds=5))
+    assert second.executions == []  # still paused, and no catch-up of its pause
+    status = {job["job_id"]: job for job in second.coordinator.status()["jobs"]}
+    assert status["j"]["paused"] is True and status["j"]["next_run"] is None
+    result = second.coordinator.set_paused("j", False)
+    assert result["next_run"] == at(9).replace(second=0, microsecond=0).isoformat()
+    second.run_until(at(9) + timedelta(seconds=5))
+    assert [datetime.fromisoformat(e.scheduled_for).minute for e in second.executions] == [9]
+    assert not any(e.catch_up for e in second.executions)
+    assert [e["event"] for e in second.events("job_resumed")] == ["job_resumed"]
+    assert second.coordinator.set_paused("nope", True) is None

@@ -273,3 +273,31 @@ def test_a_full_disk_while_running(tmp_path, cleanup):
         daemon.start()
         assert_unusable(daemon, state / "state.db", "full")
         assert daemon.stop() == 0
+
+
+def test_pause_is_kept_across_a_restart_and_resume_starts_from_now(tmp_path, cleanup):
+    state = tmp_path / "state"
+    daemon = state_daemon(tmp_path, state)
+    cleanup(daemon)
+    daemon.write_job("tick.json", catch_up="all", starting_deadline_s=3600)
+    daemon.start()
+    daemon.wait_records("tick")
+    paused = daemon.client("pause", "tick")
+    assert paused.returncode == 0 and paused.stdout.strip() == "tick paused", paused
+    assert daemon.wait_event("job_paused")[0]["job_id"] == "tick"
+    assert daemon.stop() == 0
+    ran_before = len(daemon.records("tick"))
+    restart(daemon)
+    [job] = [j for j in daemon.client_json("status")["jobs"] if j["job_id"] == "tick"]
+    assert job["paused"] is True and job["next_run"] is None
+    resumed_at = datetime.now(UTC)
+    resumed = daemon.client("resume", "tick")
+    assert resumed.returncode == 0 and resumed.stdout.startswith("tick resumed; next run ")
+    daemon.wait_records("tick", count=ran_before + 2)
+    missing = daemon.client("pause", "nope")
+    assert missing.returncode == 1 and "no job with job_id 'nope'" in missing.stderr
+    assert daemon.stop() == 0
+    after = daemon.records("tick")[ran_before:]
+    # Nothing made up for the pause: every run after it is an occurrence after resume.
+    assert all(datetime.fromisoformat(r["scheduled_for"]) > resumed_at - timedelta(seconds=1)
+               and not r.get("catch_up") for r in after), after

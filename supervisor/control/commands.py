@@ -98,6 +98,32 @@ class Run(Command):
         return f"started {result['job_id']}: run_id {result['run_id']}"
 
 
+class Pause(Command):
+    name = "pause"
+    params: ClassVar[dict[str, type]] = {"job_id": str}
+    required = ("job_id",)
+    paused = True
+
+    def execute(self, coordinator: Any, args: dict[str, Any]) -> dict[str, Any]:
+        result = coordinator.set_paused(args["job_id"], self.paused)
+        return ok(result) if result is not None else _no_job(args["job_id"])
+
+    def console_msg(self, result: dict[str, Any]) -> str:
+        what = "paused" if result["paused"] else "resumed"
+        text = f"{result['job_id']} {what}" if result["changed"] else \
+            f"{result['job_id']} was already {what}"
+        if result["paused"] and result["kept"] == "memory":
+            text += " (no state dir: until taskd restarts)"
+        elif not result["paused"]:
+            text += f"; next run {result['next_run'] or '-'}"
+        return text
+
+
+class Resume(Pause):
+    name = "resume"
+    paused = False
+
+
 class Reload(Command):
     name = "reload"
 
@@ -122,7 +148,8 @@ class Stop(Command):
 
 
 COMMANDS: dict[str, Command] = {command.name: command
-                                for command in (Status(), Run(), Reload(), Stop())}
+                                for command in (Status(), Run(), Pause(), Resume(), Reload(),
+                                                Stop())}
 
 
 def dispatch(coordinator: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +282,8 @@ class _View:
     def next_run(self, job: dict[str, Any], full: bool = False) -> str:
         if not job.get("enabled", True):
             return "disabled"
+        if job.get("paused"):
+            return "paused"
         when = _parse(job.get("next_run"))
         return self.when(when, full) if when else "-"
 

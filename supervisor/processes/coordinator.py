@@ -418,7 +418,8 @@ class Coordinator:
                 "next_run": state.next_fire.isoformat() if state.next_fire else None,
                 "last_run": state.last_started, "last_status": state.last_status,
                 "last_error": state.last_error, "last_success": state.last_success,
-                "last_failure": state.last_failure, "running": state.in_flight}
+                "last_failure": state.last_failure, "running": state.in_flight,
+                "paused": spec.job_id in self.schedule.paused}
 
     def run_now(self, job_id: str) -> Execution | None:
         """``taskd run``: one manual execution now, whatever the schedule says."""
@@ -428,6 +429,23 @@ class Coordinator:
         self.emit({"event": "manual_run", "level": "info", "job_id": job_id,
                    "file": occurrence.spec.file})
         return self.submit(occurrence)
+
+    def set_paused(self, job_id: str, paused: bool) -> dict[str, Any] | None:
+        """``taskd pause`` / ``taskd resume``; None if there is no such job."""
+        now = self.clock.now()
+        was = job_id in self.schedule.paused
+        found = (self.schedule.pause(job_id) if paused
+                 else self.schedule.resume(job_id, now))
+        if not found:
+            return None
+        state = self.schedule.jobs[job_id]
+        if was != paused:
+            self.logger.mark({"mark": "paused", "job_id": job_id, "paused": paused})
+            self.emit({"event": "job_paused" if paused else "job_resumed", "level": "info",
+                       "job_id": job_id, "file": state.spec.file})
+        return {"job_id": job_id, "paused": paused, "changed": was != paused,
+                "kept": self.state if self.logger.storing else "memory",
+                "next_run": state.next_fire.isoformat() if state.next_fire else None}
 
     def request_reload(self, via: str) -> None:
         self.rescan_requested = True

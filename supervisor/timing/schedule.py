@@ -13,7 +13,7 @@ Policies:
   never runs it again; a new timestamp schedules it anew.
 - ``overlap: "skip"``: an occurrence that comes due while a run of the same job is still
   waiting or running is reported skipped.
-- ``enabled: false``: loaded, shown, never scheduled.
+- ``enabled: false``, or paused (``taskd pause``): loaded, shown, never scheduled.
 - ``starting_deadline_s`` (default ``misfire_grace_s``) is a job's own grace.
 
 Memory (``remember``, from the state store when the daemon has one): one-time
@@ -135,6 +135,8 @@ class Schedule:
         self.catching_up = False  # set by the coordinator around the first load
         # Catch-up runs waiting, per job, oldest first: one at a time (see catch_up_due).
         self._catch_up: dict[str, deque[datetime]] = {}
+        # Paused by `taskd pause` (kept in the store): loaded, shown, never scheduled.
+        self.paused: set[str] = set()
         # Occurrences seen early whose decision waits for their instant (epoch seconds).
         self._at_instant: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
@@ -144,6 +146,29 @@ class Schedule:
         self._one_time_done |= memory.one_time_done
         self._remembered = memory.jobs
         self._last_alive = memory.last_alive
+        self.paused |= {job_id for job_id, job in memory.jobs.items() if job.paused}
+
+    def pause(self, job_id: str) -> bool:
+        """Stop scheduling a job until ``resume`` (False: no such job)."""
+        state = self.jobs.get(job_id)
+        if state is None:
+            return False
+        self.paused.add(job_id)
+        self._catch_up.pop(job_id, None)
+        self._set_next(state, None)
+        return True
+
+    def resume(self, job_id: str, now: datetime) -> bool:
+        """Schedule a paused job again from ``now``: what fell while it was paused is not
+        made up (APScheduler's resume_from="now"); a one-time instant that passed meanwhile
+        runs if within the job's deadline, else it is missed."""
+        state = self.jobs.get(job_id)
+        if state is None:
+            return False
+        if job_id in self.paused:
+            self.paused.discard(job_id)
+            self._schedule_first(state, now)
+        return True
 
     def knows(self, job_id: str) -> bool:
         return job_id in self._remembered
@@ -185,7 +210,7 @@ class Schedule:
 
     def _schedule_first(self, state: JobState, now: datetime) -> None:
         spec = state.spec
-        if not spec.enabled:
+        if not spec.enabled or spec.job_id in self.paused:
             self._set_next(state, None)
         elif isinstance(spec.trigger, OneTimeTrigger):
             at = spec.trigger.at
