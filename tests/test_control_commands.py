@@ -110,7 +110,8 @@ def test_the_daemon_side_limit_keeps_the_soonest_jobs():
 
 
 @pytest.mark.parametrize(("request_", "error"), [
-    ({"command": "frobnicate"}, "unknown command 'frobnicate' (known: pause, reload, resume, run, status, stop)"),
+    ({"command": "frobnicate"},
+     "unknown command 'frobnicate' (known: pause, reload, resume, run, status, stop)"),
     ({"command": "run", "args": {}}, "run: missing argument 'job_id'"),
     ({"command": "run", "args": {"job_id": 5}}, "run: argument 'job_id' must be a string"),
     ({"command": "status", "args": {"limit": True}}, "status: argument 'limit' must be an integer"),

@@ -99,7 +99,7 @@ def test_sigkill_of_the_logger_mid_batch_loses_nothing_from_the_store(tmp_path):
 
 
 def test_a_failing_store_is_reported_once_and_the_log_goes_on(tmp_path):
-    link, store, failures = make_store_link(tmp_path)
+    link, _, failures = make_store_link(tmp_path)
     try:
         link.submit(make_record(1))
         drive(link, lambda: not link._records)
