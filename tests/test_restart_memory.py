@@ -292,3 +292,17 @@ def test_pause_holds_across_a_restart_and_resume_makes_up_nothing(dirs):
     assert not any(e.catch_up for e in second.executions)
     assert [e["event"] for e in second.events("job_resumed")] == ["job_resumed"]
     assert second.coordinator.set_paused("nope", True) is None
+
+
+def test_a_one_time_instant_older_than_the_history_never_runs(dirs):
+    # Its memory may have been pruned with the history: with a store, no deadline reaches
+    # further back than --history-days (30), whatever starting_deadline_s says.
+    jobs, store = dirs
+    write_job(jobs, "ancient", (T0 - timedelta(days=31)).isoformat(),
+              starting_deadline_s=10**9)
+    write_job(jobs, "recent", (T0 - timedelta(days=29)).isoformat(),
+              starting_deadline_s=10**9)
+    life = Life(jobs, store, T0)
+    life.run_until(T0 + timedelta(seconds=2))
+    assert [e.job_id for e in life.executions] == ["recent"]
+    assert [e["job_id"] for e in life.events("missed")] == ["ancient"]

@@ -170,3 +170,12 @@ def test_prune_by_age_and_per_job_within_a_budget(store):
     assert [r["run_id"] for r in store.history(HistoryQuery(job_id="busy"))] == [
         f"busy-{500 + i}" for i in (9, 8, 7, 6)]
     assert store.history(HistoryQuery(job_id="old")) == []
+
+
+def test_prune_forgets_one_time_instants_older_than_the_history(store):
+    now = T0.timestamp() + 1000
+    for job_id, at in (("old", T0.timestamp()), ("recent", now - 10)):
+        store.apply([{"mark": "missed", "job_id": job_id, "one_time": True,
+                      "scheduled_for": datetime.fromtimestamp(at, UTC).isoformat()}])
+    assert store.prune(now=now, max_age_s=600, per_job=4, budget=100) == 1
+    assert store.load_memory().one_time_done == {("recent", now - 10)}

@@ -106,6 +106,7 @@ class Coordinator:
         self.state = state  # the store's file, or "memory"
         if memory is not None:
             self.schedule.remember(memory)
+            self.schedule.max_deadline_s = options.history_days * 86400.0
         self._marked_known: set[str] = set()
         self._next_alive = self.clock.monotonic()
         self.reconciler = Reconciler(partial(

@@ -48,6 +48,7 @@ STEPS: list[str] = [
         at REAL NOT NULL,
         PRIMARY KEY (job_id, at)
     ) WITHOUT ROWID;
+    CREATE INDEX one_time_done_by_time ON one_time_done (at);
     CREATE TABLE unfinished (           -- handed to a worker, not recorded yet
         run_id TEXT PRIMARY KEY,
         job_id TEXT NOT NULL,

@@ -139,6 +139,12 @@ class SQLiteStore(StateStore):
                     "SELECT id, job_id FROM executions WHERE started < ? ORDER BY started "
                     "LIMIT ?", (now - max_age_s, budget)).fetchall()
                 deleted += self._delete(rows)
+                # One-time instants older than the history: the schedule never runs an
+                # instant that old when it has a store (see Schedule.max_deadline_s).
+                deleted += self._db.execute(
+                    "DELETE FROM one_time_done WHERE (job_id, at) IN (SELECT job_id, at "
+                    "FROM one_time_done WHERE at < ? LIMIT ?)",
+                    (now - max_age_s, max(0, budget - deleted))).rowcount
             over = self._db.execute("SELECT job_id, records - ? FROM jobs WHERE records > ?",
                                     (per_job, per_job)).fetchall()
             for job_id, excess in over:

@@ -137,6 +137,7 @@ class Schedule:
         self._catch_up: dict[str, deque[datetime]] = {}
         # Paused by `taskd pause` (kept in the store): loaded, shown, never scheduled.
         self.paused: set[str] = set()
+        self.max_deadline_s = float("inf")  # with a store: its history's length
         # Occurrences seen early whose decision waits for their instant (epoch seconds).
         self._at_instant: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
@@ -175,7 +176,9 @@ class Schedule:
 
     def grace_s(self, spec: JobSpec) -> float:
         deadline = spec.starting_deadline_s
-        return self.misfire_grace_s if deadline is None else deadline
+        grace = self.misfire_grace_s if deadline is None else deadline
+        # The store forgets one-time instants older than its history: never run one.
+        return min(grace, self.max_deadline_s)
 
     # -- the job table ---------------------------------------------------------------
 
