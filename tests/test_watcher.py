@@ -96,6 +96,47 @@ def test_a_moved_event_records_both_paths(fake):
     assert watcher.settled() == {"/jobs/.a.json.tmp", "/jobs/a.json"}
 
 
+def test_an_empty_unclosed_file_waits_for_its_content(tmp_path):
+    # A writer descheduled between creating the file and writing it: the empty file is
+    # not handed over (and reported invalid) while it may still be filled.
+    clock = FakeClock()
+    watcher = DirectoryWatcher(str(tmp_path), settle_s=SETTLE_S, closed_s=CLOSED_S,
+                               clock=clock)
+    path = str(tmp_path / "a.json")
+    open(path, "w").close()
+    watcher.on_event(FileCreatedEvent(path))
+    clock.now += SETTLE_S
+    assert watcher.settled() == set()
+    assert watcher.next_deadline() == pytest.approx(clock.now + SETTLE_S)
+    clock.now += SETTLE_S
+    assert watcher.settled() == set()
+    write(path, "{}")  # the content lands (its close event may come late or be lost)
+    clock.now += SETTLE_S
+    assert watcher.settled() == {path}
+
+
+def test_an_empty_file_is_handed_over_when_closed_or_after_the_wait(tmp_path):
+    clock = FakeClock()
+    watcher = DirectoryWatcher(str(tmp_path), settle_s=SETTLE_S, closed_s=CLOSED_S,
+                               clock=clock)
+    closed, left, gone = (str(tmp_path / name) for name in ("c.json", "l.json", "g.json"))
+    for path in (closed, left):
+        open(path, "w").close()
+        watcher.on_event(FileCreatedEvent(path))
+    watcher.on_event(FileCreatedEvent(gone))  # no such file: nothing to wait for
+    watcher.on_event(FileClosedEvent(closed))  # closed empty: really empty
+    clock.now += SETTLE_S
+    assert watcher.settled() == {closed, gone}
+    handed = set()
+    while not handed:  # waits at most EMPTY_WAIT_S from its first event
+        deadline = watcher.next_deadline()
+        assert deadline is not None and deadline <= 100.0 + watcher_module.EMPTY_WAIT_S
+        clock.now = deadline
+        handed = watcher.settled()
+    assert handed == {left} and clock.now == pytest.approx(100.0 + watcher_module.EMPTY_WAIT_S)
+    assert watcher.next_deadline() is None
+
+
 # -- how long each kind of event makes its path wait ------------------------------------
 
 A, TMP, BACKUP = "/jobs/a.json", "/jobs/.a.json.tmp", "/jobs/a.json~"

@@ -24,6 +24,12 @@ deleted, a ``moved`` event's old name      or its name about to be reused (vim r
                                            the original away, then writes it anew)
 =========================================  ==============================================
 
+A path that settles (no close seen) while its file is empty is given more time, up to
+``EMPTY_WAIT_S`` (1 s) from its first event: a writer can be descheduled between creating
+a file and writing it (``cat > x.json``, ``Path.write_text`` on a loaded machine), and
+an empty file read then is not a mistake to report. An empty file that stays empty, or
+is closed empty, is handed over as any other.
+
 A later event on a path replaces its deadline, in either direction: an editor's save
 (created, modified, closed) is handed over once, at its close; a ``modified`` after the
 close puts the path back to settling. So a rename inside the directory hands over the new
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 import weakref
@@ -69,6 +76,7 @@ _EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClose
                  FileDeletedEvent, FileMovedEvent, DirCreatedEvent, DirDeletedEvent,
                  DirMovedEvent]
 _STOP_TIMEOUT_S = 5.0
+EMPTY_WAIT_S = 1.0  # how long an empty, unclosed new file may wait for its content
 
 
 class DirectoryWatcher:
@@ -86,6 +94,9 @@ class DirectoryWatcher:
         self._next_health_check = clock()
         self._lock = threading.Lock()  # guards the fields the observer thread writes
         self._pending: dict[str, float] = {}  # path -> when to hand it over
+        # Paths pending after an event that says nothing of the writer being done: when
+        # their first such event came (for EMPTY_WAIT_S).
+        self._unclosed: dict[str, float] = {}
         self._wake_pending = False
         self._rescan_needed = False
         self._watch_lost = False
@@ -112,7 +123,12 @@ class DirectoryWatcher:
             for raw in paths:
                 parent, name = os.path.split(raw)
                 if name and _normalized(parent) in self._parents:
-                    self._pending[os.path.join(self.directory, name)] = due
+                    path = os.path.join(self.directory, name)
+                    self._pending[path] = due
+                    if wait_s is None:
+                        self._unclosed.setdefault(path, when)
+                    else:
+                        self._unclosed.pop(path, None)  # closed or renamed into place
                     recorded = True
             if recorded:
                 self._wake()
@@ -182,6 +198,18 @@ class DirectoryWatcher:
             ready = {path for path, due in self._pending.items() if due <= when}
             for path in ready:
                 del self._pending[path]
+            unclosed = {path: self._unclosed.pop(path) for path in ready
+                        if path in self._unclosed}
+        waiting = {path: first for path, first in unclosed.items()
+                   if when - first < EMPTY_WAIT_S and _empty_file(path)}
+        if waiting:
+            with self._lock:
+                for path, first in waiting.items():
+                    if path not in self._pending:  # else a newer event decides
+                        self._pending[path] = min(when + self._settle_s,
+                                                  first + EMPTY_WAIT_S)
+                        self._unclosed[path] = first
+            ready -= waiting.keys()
         return ready
 
     def next_deadline(self) -> float | None:
@@ -349,3 +377,11 @@ def _stop(observer: BaseObserver) -> None:
 
 def _normalized(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
+
+
+def _empty_file(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False  # gone: hand it over, the reconciler sees it gone
+    return st.st_size == 0 and stat.S_ISREG(st.st_mode)
