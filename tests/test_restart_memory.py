@@ -306,3 +306,17 @@ def test_a_one_time_instant_older_than_the_history_never_runs(dirs):
     life.run_until(T0 + timedelta(seconds=2))
     assert [e.job_id for e in life.executions] == ["recent"]
     assert [e["job_id"] for e in life.events("missed")] == ["ancient"]
+
+
+def test_what_falls_during_the_shutdown_grace_is_caught_up_next_time(dirs):
+    jobs, store = dirs
+    write_job(jobs, "j", "* * * * *", catch_up="all", starting_deadline_s=3600)
+    first = Life(jobs, store, T0)
+    first.run_until(at(0.5))
+    first.coordinator.request_stop("test")  # scheduling stops at 12:00:30.5
+    first.clock.sleep(70)  # a long run's grace period: 12:01 falls meanwhile, unrun
+    first.stop()
+    second = Life(jobs, store, at(2) - timedelta(seconds=20))
+    second.run_until(at(2) - timedelta(seconds=15))
+    assert [(datetime.fromisoformat(e.scheduled_for).minute, e.catch_up)
+            for e in second.executions] == [(1, True)]

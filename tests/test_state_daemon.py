@@ -8,6 +8,7 @@ here each case is checked once end to end. Every wait is a poll with a deadline.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -86,27 +87,45 @@ def test_restart_one_time_job_history_and_last_runs(tmp_path, cleanup):
     assert daemon.events("missed") == []
 
 
-def test_catch_up_latest_runs_once_after_a_stop(tmp_path, cleanup):
+@pytest.mark.parametrize(("catch_up", "deadline"), [
+    ("none", 3600), ("latest", 3600), ("all", 3600), ("latest", 0)])
+def test_what_fell_while_stopped_follows_catch_up(tmp_path, cleanup, catch_up, deadline):
     state = tmp_path / "state"
     daemon = state_daemon(tmp_path, state)
     cleanup(daemon)
     # Every second: stopped for a few seconds, it misses several occurrences.
-    daemon.write_job("tick.json", catch_up="latest", starting_deadline_s=3600)
+    daemon.write_job("tick.json", catch_up=catch_up, starting_deadline_s=deadline)
     daemon.start()
     daemon.wait_records("tick")
     assert daemon.stop() == 0
-    stopped = datetime.now(UTC)
-    wait_until(lambda: datetime.now(UTC) > stopped + timedelta(seconds=2.5),
-               message="two occurrences missed", interval=0.1)
+    last_before = max(datetime.fromisoformat(r["scheduled_for"])
+                      for r in daemon.records("tick"))
+    wait_until(lambda: datetime.now(UTC) > last_before + timedelta(seconds=3.5),
+               message="three occurrences missed", interval=0.1)
+    restarted = datetime.now(UTC)
     restart(daemon)
-    [caught] = daemon.wait_records("tick", where=lambda r: r.get("catch_up"))
-    assert datetime.fromisoformat(caught["scheduled_for"]) > stopped
-    missed = daemon.wait_event("missed", where=lambda e: e.get("catch_up"))
-    assert missed[0]["count"] >= 1 and missed[0]["job_id"] == "tick"
+    # Regular runs after the restart show the catch-up (if any) was decided.
+    daemon.wait_records("tick", where=lambda r: datetime.fromisoformat(
+        r["scheduled_for"]) > restarted + timedelta(seconds=1))
     assert daemon.stop() == 0
-    assert len([r for r in daemon.records("tick") if r.get("catch_up")]) == 1
-    assert len({r["scheduled_for"] for r in daemon.records("tick")}) == len(
-        daemon.records("tick"))
+    caught = [datetime.fromisoformat(r["scheduled_for"]) for r in daemon.records("tick")
+              if r.get("catch_up")]
+    missed = sum(e["count"] for e in daemon.events("missed") if e.get("catch_up"))
+    fell = int((restarted - last_before).total_seconds())  # whole seconds between
+    if catch_up == "none":
+        assert caught == [] and missed == 0
+    elif catch_up == "latest" and deadline:
+        assert len(caught) == 1 and caught[0] > last_before and missed >= 2
+    elif catch_up == "all":
+        assert caught == sorted(caught) and len(caught) >= 3 and missed == 0
+        assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(caught))
+        assert caught[0] == last_before + timedelta(seconds=1)
+    else:  # the deadline (0 s) passed for every one of them
+        assert caught == [] and missed >= 3
+    assert fell >= 3
+    # Every second has at most one record (catch-up never doubles a run).
+    scheduled = [r["scheduled_for"] for r in daemon.records("tick")]
+    assert len(set(scheduled)) == len(scheduled)
 
 
 def test_runs_of_a_killed_daemon_are_recorded_lost_by_the_next(tmp_path, cleanup):

@@ -109,6 +109,7 @@ class Coordinator:
             self.schedule.max_deadline_s = options.history_days * 86400.0
         self._marked_known: set[str] = set()
         self._next_alive = self.clock.monotonic()
+        self._stopping_at: datetime | None = None
         self.reconciler = Reconciler(partial(
             read_stamped_job_file, default_zone=options.timezone,
             trusted_only=not options.allow_insecure_files))
@@ -224,12 +225,12 @@ class Coordinator:
         self._next_keepalive = mono + self._keepalive_s
         self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
 
-    def _mark_alive(self, *, now: bool = False) -> None:
+    def _mark_alive(self, *, at: datetime | None = None) -> None:
         mono = self.clock.monotonic()
-        if not self.logger.storing or (mono < self._next_alive and not now):
+        if not self.logger.storing or (mono < self._next_alive and at is None):
             return
         self._next_alive = mono + ALIVE_EVERY_S
-        self.logger.mark({"mark": "alive", "at": self.clock.now().timestamp()})
+        self.logger.mark({"mark": "alive", "at": (at or self.clock.now()).timestamp()})
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what an operator sees in ``systemctl status``."""
@@ -455,6 +456,7 @@ class Coordinator:
     def request_stop(self, via: str) -> None:
         self.stop_now = self.stopping
         self.stopping = True
+        self._stopping_at = self._stopping_at or self.clock.now()
         self.emit({"event": "stopping", "level": "info", "via": via,
                    "immediate": self.stop_now})
 
@@ -498,7 +500,9 @@ class Coordinator:
         self._collect(self.queue.kill_all("shutdown"))
         if self.control is not None:
             self.control.close()
-        self._mark_alive(now=True)  # the next start looks back from here
+        # Scheduling stopped at the stop request: what fell after it (during the grace
+        # period) is the next start's to catch up.
+        self._mark_alive(at=self._stopping_at or self.clock.now())
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
