@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.jobfiles.jobspec import parse_job
@@ -264,3 +264,54 @@ def test_a_job_that_never_ran_keeps_no_run_record():
     other = Schedule(T0, misfire_grace_s=60)
     other.upsert(spec("k", schedule="0 0 1 1 *"), T0)
     assert other.jobs["k"].in_flight == 0 and other.jobs["k"].history is None
+
+
+@pytest.mark.parametrize("change", ["timing edited", "removed and added again"])
+def test_an_occurrence_handed_out_early_is_never_handed_out_again(change):
+    # Handed out 20 ms before its instant; then, before that instant, the job's timing
+    # changes (or its file goes and comes back). The occurrence at :01 must not be due
+    # again: the worker holding the first hand-out will run it.
+    s = Schedule(T0, misfire_grace_s=60)
+    s.upsert(spec(schedule="* * * * * *"), T0)
+    taken, _ = s.due(at(0.985), lead_s=0.02)
+    assert [o.scheduled_for for o in taken] == [at(1)]
+    if change == "timing edited":
+        s.upsert(spec(schedule="* * * * * *", timezone="Europe/Berlin"), at(0.99))
+    else:
+        s.remove("j", at(0.99))
+        s.upsert(spec(schedule="* * * * * *"), at(0.99))
+    again, _ = s.due(at(0.995), lead_s=0.02)
+    assert again == []
+    later, _ = s.due(at(1.985), lead_s=0.02)
+    assert [o.scheduled_for for o in later] == [at(2)]
+
+
+@settings(max_examples=examples(100))
+# Found by the deep profile before the fix (an edit 0.25 s before an instant handed out
+# 0.5 s early), and the same with the file gone and back.
+@example(actions=[(0.25, "due"), (0.25, "due"), (0.25, "edit"), (1.0, "due")], lead=0.5)
+@example(actions=[(0.25, "due"), (0.25, "due"), (0.25, "readd"), (1.0, "due")], lead=0.5)
+@given(actions=st.lists(st.tuples(st.floats(min_value=0.001, max_value=1.5),
+                                  st.sampled_from(["due", "due", "edit", "readd"])),
+                        min_size=1, max_size=60),
+       lead=st.sampled_from([0.005, 0.02, 0.5]))
+def test_no_occurrence_is_taken_twice_whatever_the_edits(actions, lead):
+    """Edits that change a job's timing (here its zone: the same instants) and files that
+    go and come back, at any moment, never hand out one occurrence twice."""
+    s = Schedule(T0, misfire_grace_s=10)
+    zones = ["UTC", "Europe/Berlin"]
+    s.upsert(spec(schedule="* * * * * *", timezone=zones[0]), T0)
+    now, taken = T0, []
+    for step, action in actions:
+        now += timedelta(seconds=step)
+        if action == "edit":
+            zones.reverse()
+            s.upsert(spec(schedule="* * * * * *", timezone=zones[0]), now)
+        elif action == "readd":
+            s.remove("j", now)
+            s.upsert(spec(schedule="* * * * * *", timezone=zones[0]), now)
+        else:
+            occurrences, _ = s.due(now, lead)
+            taken += [o.scheduled_for for o in occurrences]
+            assert all(o.scheduled_for <= now + timedelta(seconds=lead) for o in occurrences)
+    assert len(taken) == len(set(taken)), sorted(taken)

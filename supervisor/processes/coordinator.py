@@ -313,7 +313,7 @@ class Coordinator:
     def _apply(self, changes: Changes) -> None:
         now = self.clock.now()
         for job_id in changes.removed:
-            self.schedule.remove(job_id)
+            self.schedule.remove(job_id, now)
         known: list[str] = []
         for spec in changes.upserted:
             self.schedule.upsert(spec, now)

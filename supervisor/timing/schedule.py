@@ -75,6 +75,9 @@ _NEVER_RAN = Runs(history=deque(maxlen=0))  # read-only stand-in: never written 
 class JobState:
     spec: JobSpec
     next_fire: datetime | None = None
+    # The latest occurrence taken (run or missed), which may be ahead of now when it was
+    # handed out early: a reschedule never hands it out again.
+    last_taken: datetime | None = None
     # Created by the first run, so 100,000 jobs that never ran cost one pointer each here.
     runs: Runs | None = None
 
@@ -141,6 +144,8 @@ class Schedule:
         # Occurrences seen early whose decision waits for their instant (epoch seconds).
         self._at_instant: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
+        # Removed jobs' occurrences handed out ahead of their instant (see remove()).
+        self._taken_ahead: dict[str, datetime] = {}
 
     def remember(self, memory: Memory) -> None:
         """What a previous daemon on this state dir left (before the first load)."""
@@ -192,7 +197,8 @@ class Schedule:
             if timing_same:
                 return  # e.g. the command or the file name changed: keep the next run
         else:
-            state = self.jobs[spec.job_id] = JobState(spec)
+            state = self.jobs[spec.job_id] = JobState(
+                spec, last_taken=self._taken_ahead.pop(spec.job_id, None))
             remembered = self._remembered.get(spec.job_id)
             if remembered is not None and remembered.last_started is not None:
                 runs = state.started()
@@ -204,9 +210,15 @@ class Schedule:
         self._catch_up.pop(spec.job_id, None)
         self._schedule_first(state, now)
 
-    def remove(self, job_id: str) -> None:
-        """Forget a job. A run in progress finishes and is recorded all the same."""
-        self.jobs.pop(job_id, None)
+    def remove(self, job_id: str, now: datetime | None = None) -> None:
+        """Forget a job. A run in progress finishes and is recorded all the same.
+
+        An occurrence it had handed out early (ahead of ``now``) is remembered, so a
+        file that goes and comes back within that moment does not run it twice."""
+        state = self.jobs.pop(job_id, None)
+        if state is not None and state.last_taken is not None and (
+                now is not None and state.last_taken > now):
+            self._taken_ahead[job_id] = state.last_taken
         self.wheel.cancel(job_id)
         self._at_instant.pop(job_id, None)
         self._catch_up.pop(job_id, None)
@@ -220,7 +232,9 @@ class Schedule:
             done = (spec.job_id, _epoch_seconds(at)) in self._one_time_done
             self._set_next(state, None if done else at)  # a past instant comes due at once
         else:
-            self._set_next(state, spec.trigger.next_after(now))
+            taken = state.last_taken
+            self._set_next(state, spec.trigger.next_after(
+                taken if taken is not None and taken > now else now))
             if self.catching_up and spec.catch_up != "none":
                 self._events.extend(self._plan_catch_up(state, now))
 
@@ -383,6 +397,7 @@ class Schedule:
                                  last=latest.isoformat(),
                                  reason=f"more than {grace_s:g}s late"
                                  if not run else "coalesced: ran the latest occurrence"))
+        state.last_taken = latest
         self._set_next(state, following)
         return latest if run else None
 
