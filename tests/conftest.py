@@ -2,6 +2,9 @@
 
 import tests.property_settings  # loads the hypothesis profile first
 
+# postgres_server, postgres_url: a throwaway PostgreSQL server for the store tests.
+pytest_plugins = ["tests.postgres_server"]
+
 
 def pytest_configure(config):
     # A deep hunt runs each property test for many minutes: no per-test timeout then.

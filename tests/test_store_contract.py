@@ -10,22 +10,32 @@ from typing import Any
 
 import pytest
 
-from supervisor.store.abc import HistoryQuery, StateStore
+from supervisor.store.abc import HistoryQuery, StateStore, StoreError
 from supervisor.store.sqlite import SQLiteStore
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def sqlite_store(tmp_path) -> StateStore:
-    return SQLiteStore(str(tmp_path / "state.db"))
+def sqlite_store(request: pytest.FixtureRequest) -> StateStore:
+    return SQLiteStore(str(request.getfixturevalue("tmp_path") / "state.db"))
 
 
-STORES: dict[str, Callable[[Any], StateStore]] = {"sqlite": sqlite_store}
+def postgresql_store(request: pytest.FixtureRequest) -> StateStore:
+    # A real server (tests/postgres_server.py), a new database per test; psycopg is
+    # imported only here, so the SQLite half runs without it.
+    from supervisor.store.postgres import PostgresStore
+
+    return PostgresStore(request.getfixturevalue("postgres_url"))
+
+
+# Each factory takes the test's request, to ask for the fixtures its store needs.
+STORES: dict[str, Callable[[pytest.FixtureRequest], StateStore]] = {
+    "sqlite": sqlite_store, "postgresql": postgresql_store}
 
 
 @pytest.fixture(params=sorted(STORES))
-def store(request, tmp_path):
-    made = STORES[request.param](tmp_path)
+def store(request):
+    made = STORES[request.param](request)
     yield made
     made.close()
 
@@ -158,6 +168,22 @@ def test_a_failed_batch_applies_nothing(store):
     with pytest.raises(KeyError):
         store.apply([{"record": record("a", 0)}, {"mark": "no such mark"}])
     assert store.history(HistoryQuery()) == []
+
+
+def test_a_batch_the_store_refuses_applies_nothing_and_the_store_goes_on(store):
+    refused = {**record("a", 60), "run_id": {"not": "text"}}  # a value no column takes
+    with pytest.raises(StoreError):
+        store.apply([{"record": record("a", 0)}, {"record": refused}])
+    assert store.history(HistoryQuery()) == [] and store.load_memory().jobs == {}
+    store.apply([{"record": record("a", 0)}])
+    assert len(store.history(HistoryQuery())) == 1
+
+
+def test_any_text_in_a_record_reads_back_as_it_was(store):
+    odd = record("a", 0, output_tail="NUL \x00, tab \t, é, 雪, 🙂, \\ and \"quotes\"",
+                 error=None, note={"nested": [1, 2.5, None, True]})
+    store.apply([{"record": odd}])
+    assert store.history(HistoryQuery()) == [odd]
 
 
 def test_prune_by_age_and_per_job_within_a_budget(store):

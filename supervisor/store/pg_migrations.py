@@ -1,0 +1,117 @@
+"""The PostgreSQL store's schema: one list of steps, each taking version N-1 to N.
+
+The same rules as the SQLite schema (``migrations``): a step is never edited once
+released, each step runs in its own transaction with its version bump (PostgreSQL's DDL
+is transactional, so a failed step leaves the store at the last complete version), and
+a store above ``CURRENT`` was written by a newer taskd: refused, never touched.
+
+Several nodes may start at once on a new database: every step's transaction first takes
+a transaction-level advisory lock (``pg_advisory_xact_lock``), then reads the version,
+so one starter creates the schema and the others, once it commits, find it done.
+
+Every table is named ``taskd_*``, so the database can be shared with other
+applications. Epochs are ``double precision`` seconds (the floats of ``Memory``, exactly
+as they were written); ISO timestamps are kept as the text the record had. This module
+only talks to a connection it is given and imports nothing from psycopg.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from supervisor.store.abc import StoreError, StoreTooNew
+
+if TYPE_CHECKING:
+    import psycopg
+
+STEPS: list[str] = [
+    # 1: the first schema (the SQLite schema 1, tables prefixed).
+    """
+    CREATE TABLE taskd_executions (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        started DOUBLE PRECISION NOT NULL,  -- epoch seconds of the record's "timestamp"
+        status TEXT NOT NULL,
+        record TEXT NOT NULL                -- the execution log line, JSON
+    );
+    CREATE INDEX taskd_executions_by_job ON taskd_executions (job_id, started, id);
+    CREATE INDEX taskd_executions_by_start ON taskd_executions (started, id);
+    CREATE INDEX taskd_executions_by_status ON taskd_executions (status, started, id);
+    CREATE TABLE taskd_jobs (
+        job_id TEXT PRIMARY KEY,
+        known_since DOUBLE PRECISION,       -- first loaded (jobs that catch up)
+        last_scheduled DOUBLE PRECISION,    -- latest occurrence run or reported missed
+        last_started TEXT,
+        last_status TEXT,
+        last_error TEXT,
+        last_success TEXT,
+        last_failure TEXT,
+        records BIGINT NOT NULL DEFAULT 0,
+        paused BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE taskd_one_time_done (
+        job_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (job_id, at)
+    );
+    CREATE INDEX taskd_one_time_done_by_time ON taskd_one_time_done (at);
+    CREATE TABLE taskd_unfinished (          -- handed to a worker, not recorded yet
+        run_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        scheduled_for TEXT NOT NULL,
+        dispatched_at DOUBLE PRECISION NOT NULL,
+        manual BOOLEAN NOT NULL
+    );
+    CREATE TABLE taskd_daemon (key TEXT PRIMARY KEY, value DOUBLE PRECISION);
+    """,
+]
+CURRENT = len(STEPS)
+_MARKER = "taskd_schema"  # the version table: also how a taskd store is told apart
+SCHEMA_LOCK = 0x7461736B64  # "taskd": the advisory lock key every schema change takes
+LOCK_TIMEOUT = "60s"  # a starter stuck holding the lock fails the others, never hangs them
+
+
+def version_of(connection: psycopg.Connection, location: str) -> int:
+    """0 for a database without taskd's tables; StoreError if the version is unreadable."""
+    # The catalog read through the statement's snapshot, not to_regclass(): its cached
+    # "no such table" can predate a concurrent starter's commit seen since the lock.
+    (exists,) = connection.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = current_schema())",
+        (_MARKER,)).fetchone()
+    if not exists:
+        return 0
+    rows = connection.execute(f"SELECT version FROM {_MARKER}").fetchall()
+    if len(rows) != 1 or not isinstance(rows[0][0], int):
+        raise StoreError(f"{location}: its schema version is unreadable")
+    return rows[0][0]
+
+
+def check_readable(connection: psycopg.Connection, location: str) -> int:
+    """The version, if this taskd can read the store as it is (StoreTooNew if newer)."""
+    version = version_of(connection, location)
+    if version > CURRENT:
+        raise StoreTooNew(f"{location}: written by a newer taskd (schema version {version}; "
+                          f"this taskd knows up to {CURRENT}); refusing to use or change it")
+    return version
+
+
+def upgrade(connection: psycopg.Connection, location: str, target: int | None = None) -> int:
+    """Bring the store to ``CURRENT`` (tests: to ``target``) on a connection in autocommit
+    mode; the version it was at before (as first seen under the lock)."""
+    target = CURRENT if target is None else target
+    before: int | None = None
+    while True:
+        with connection.transaction():  # one per step, its version bump included
+            connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            version = check_readable(connection, location)
+            before = version if before is None else before
+            if version >= target:
+                return before
+            if version == 0:
+                connection.execute(f"CREATE TABLE {_MARKER} (version INTEGER NOT NULL)")
+                connection.execute(f"INSERT INTO {_MARKER} VALUES (0)")
+            connection.execute(STEPS[version])  # no parameters: several statements at once
+            connection.execute(f"UPDATE {_MARKER} SET version = %s", (version + 1,))
