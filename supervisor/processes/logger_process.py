@@ -52,6 +52,10 @@ _TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line
 FLAP_DEATHS = 5
 FLAP_WINDOW_S = 10.0
 FLAP_PAUSE_S = 2.0
+# How long the logger lets written records wait for more before it commits them to the
+# store (a burst's records come one loop step apart): at most this much of the newest
+# history is only in the log when the logger dies, and it is resent to the next one.
+COMMIT_DELAY_S = 0.05
 
 
 class _LineStream:
@@ -175,12 +179,16 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
         return reply
 
     while True:
-        if writer is not None and not conn.poll(0):
-            # Nothing more to read: commit now, and prune a little while idle.
-            if writer.pending:
+        if writer is not None and writer.pending:
+            # A burst arrives one record per coordinator step, with the pipe empty in
+            # between: wait a moment for more before committing, so a burst is a few
+            # transactions, not one per record. The lines are written already.
+            if not conn.poll(max(0.0, COMMIT_DELAY_S - writer.pending_for())):
                 writer.commit()
                 if not _send(conn, with_failure({"stored": stored_up_to})):
                     break
+        if writer is not None and not writer.pending and not conn.poll(0):
+            # Idle: prune a little.
             while writer.prune_due() and writer.prune_chunk() and not conn.poll(0):
                 pass
             if writer.failed and not told_failure and not _send(conn, with_failure({})):
@@ -213,7 +221,8 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
         if writer is None or writer.failed:
             reply["stored"] = seq
         else:
-            full = writer.add([{"record": record}] if record is not None else message["marks"])
+            items = message.get("marks") or []
+            full = writer.add([*items, {"record": record}] if record is not None else items)
             stored_up_to = seq
             if full:
                 writer.commit()
@@ -258,11 +267,14 @@ class _Entry:
         self.written = record is None  # marks have no line to write
 
     def message(self) -> dict[str, Any]:
-        if self.record is None:
-            return {"seq": self.seq, "marks": self.marks}
-        if self.written:
-            return {"seq": self.seq, "record": self.record, "store_only": True}
-        return {"seq": self.seq, "record": self.record}
+        message: dict[str, Any] = {"seq": self.seq}
+        if self.marks:  # stored before the record (a run's dispatch, then its end)
+            message["marks"] = self.marks
+        if self.record is not None:
+            message["record"] = self.record
+            if self.written:
+                message["store_only"] = True
+        return message
 
 
 class LoggerLink:
@@ -348,8 +360,9 @@ class LoggerLink:
         self.pump()
 
     def submit(self, record: dict[str, Any]) -> None:
-        self._seal_marks()  # what happened before this record is stored before it
-        self._append(record, None)
+        # What happened before this record rides with it, stored before it.
+        marks, self._marks = self._marks or None, []
+        self._append(record, marks)
         self._unwritten += 1
         self.pump()
 

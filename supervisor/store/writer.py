@@ -2,9 +2,10 @@
 giving up cleanly.
 
 The logger writes each record's JSON line first (the log stays the primary record),
-then adds the record here. Items are committed in one transaction when the logger has
-nothing more to read, or every ``BATCH_ITEMS``, so a burst costs one commit per batch
-and a quiet daemon commits each record at once.
+then adds the record here. Items are committed in one transaction once the oldest has
+waited the logger's ``COMMIT_DELAY_S`` (50 ms) with nothing more to read, or every
+``BATCH_ITEMS``: a burst costs a few commits, and a quiet daemon's record is in the
+store 50 ms after its line.
 
 A store that fails (corrupt, read-only, disk full, locked too long, deleted or replaced
 under us) is closed and never retried by this daemon: ``failed`` holds the one message
@@ -41,6 +42,7 @@ class StoreWriter:
         self._clock = clock
         self._monotonic = monotonic
         self._items: list[dict[str, Any]] = []
+        self._first_pending_at = 0.0
         self.failed: str | None = None
         self._store: SQLiteStore | None = None
         try:
@@ -55,9 +57,15 @@ class StoreWriter:
 
     def add(self, items: list[dict[str, Any]]) -> bool:
         """Queue items; True when the batch is full and should be committed now."""
-        if self._store is not None:
+        if self._store is not None and items:
+            if not self._items:
+                self._first_pending_at = self._monotonic()
             self._items.extend(items)
         return len(self._items) >= BATCH_ITEMS
+
+    def pending_for(self) -> float:
+        """Seconds since the oldest item of the batch was added."""
+        return self._monotonic() - self._first_pending_at if self._items else 0.0
 
     def commit(self) -> None:
         """Write the batch in one transaction (or give up on the store for good)."""
