@@ -89,7 +89,11 @@ class SQLiteStore(StateStore):
         if query.since is not None:
             where.append("started >= ?")
             args.append(query.since)
+        # One job's runs are at most --history-per-job rows: walk those, never the
+        # status index across every job (SQLite's pick for a job that never failed).
         sql = "SELECT record FROM executions"
+        if query.job_id is not None:
+            sql += " INDEXED BY executions_by_job"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started DESC, id DESC LIMIT ?"
