@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from supervisor.cli import main
 from supervisor.control.commands import COMMANDS, STATUS_LIMIT, dispatch
-from tests.daemon_harness import Daemon, run_client, wait_until
+from tests.daemon_harness import Daemon, descendants, run_client, wait_until
 
 NOW = datetime(2026, 11, 26, 21, 0, 0, tzinfo=UTC)
 
@@ -360,8 +360,10 @@ def test_status_answers_during_the_grace_period(tmp_path):
     daemon.write_job("long.json", schedule=soon, command="sleep 3")
     daemon.start()
     try:
-        wait_until(lambda: any(w["state"] == "busy" for w in daemon.client_json("status")
-                               ["workers"]), message="the run started")
+        # The command itself running, not only a worker busy: a worker holds a run it
+        # was handed early until its instant, and a stop before the instant drops it.
+        wait_until(lambda: any(_cmdline(pid) == "sleep 3" for pid in descendants(daemon.pid)),
+                   message="the run started")
         daemon.signal(signal.SIGTERM)
         daemon.wait_event("stopping")
         status = daemon.client_json("status")
@@ -372,3 +374,11 @@ def test_status_answers_during_the_grace_period(tmp_path):
         assert daemon.records("long")[0]["status"] == "SUCCESS"
     finally:
         daemon.kill()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
