@@ -1,6 +1,9 @@
 """Test-session setup shared by every test module."""
 
+import pytest
+
 import tests.property_settings  # loads the hypothesis profile first
+from tests.daemon_harness import Daemon
 
 # postgres_server, postgres_url: a throwaway PostgreSQL server for the store tests.
 pytest_plugins = ["tests.postgres_server"]
@@ -10,3 +13,13 @@ def pytest_configure(config):
     # A deep hunt runs each property test for many minutes: no per-test timeout then.
     if tests.property_settings.PROFILE == "deep":
         config.option.timeout = 0
+
+
+@pytest.fixture
+def cleanup():
+    """Daemons started by a test are killed at its end, whatever happened:
+    ``cleanup(daemon)`` once it is made."""
+    started: list[Daemon] = []
+    yield started.append
+    for daemon in started:
+        daemon.kill()

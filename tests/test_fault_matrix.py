@@ -182,15 +182,6 @@ def sleep_until(deadline: float) -> None:
         time.sleep(remaining)
 
 
-@pytest.fixture
-def cleanup():
-    """Daemons started by a test are killed at its end, whatever happened."""
-    started: list[Daemon] = []
-    yield started.append
-    for daemon in started:
-        daemon.kill()
-
-
 # -- worker deaths ---------------------------------------------------------------------
 
 

@@ -39,14 +39,6 @@ def restart(daemon: Daemon) -> dict:
     return daemon.wait_event("ready", count=lives + 1)[-1]
 
 
-@pytest.fixture
-def cleanup():
-    daemons: list[Daemon] = []
-    yield daemons.append
-    for daemon in daemons:
-        daemon.kill()
-
-
 def stored(state: Path, job_id: str | None = None) -> list[dict]:
     store = SQLiteStore(str(state / "state.db"), read_only=True)
     try:

@@ -102,7 +102,7 @@ class Coordinator:
         self.control = control  # the control socket server, when there is one
         self.metrics = metrics  # Prometheus metrics, when --metrics-port is given
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
-        self.memory = memory  # what the state store had at start (None: in memory only)
+        self.memory = memory  # what the state store had at start, until load() used it
         self.state = state  # the store's file, or "memory"
         if memory is not None:
             self.schedule.remember(memory)
@@ -145,6 +145,7 @@ class Coordinator:
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir, stamped=False)))
         self.schedule.catching_up = False
         self._seed_metrics()
+        self.memory = None  # read once: the schedule keeps what it needs
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
         self._back_off_rescan(self.clock.monotonic() - started)
@@ -446,7 +447,7 @@ class Coordinator:
             self.emit({"event": "job_paused" if paused else "job_resumed", "level": "info",
                        "job_id": job_id, "file": state.spec.file})
         return {"job_id": job_id, "paused": paused, "changed": was != paused,
-                "kept": self.state if self.logger.storing else "memory",
+                "kept": self.state,
                 "next_run": state.next_fire.isoformat() if state.next_fire else None}
 
     def request_reload(self, via: str) -> None:

@@ -66,6 +66,28 @@ class HistoryQuery:
     limit: int = 20
 
 
+def history_filters(query: HistoryQuery, placeholder: str) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of a history query and their arguments, in the driver's
+    ``placeholder`` style (``?`` for sqlite3, ``%s`` for psycopg)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, operator, value in (("job_id", "=", query.job_id),
+                                    ("status", "=", query.status),
+                                    ("started", ">=", query.since)):
+        if value is not None:
+            where.append(f"{column} {operator} {placeholder}")
+            args.append(value)
+    return where, args
+
+
+def refuse_newer(version: int, current: int, location: str) -> int:
+    """``version`` if this taskd (schema ``current``) can read it; StoreTooNew if newer."""
+    if version > current:
+        raise StoreTooNew(f"{location}: written by a newer taskd (schema version {version}; "
+                          f"this taskd knows up to {current}); refusing to use or change it")
+    return version
+
+
 class StateStore(ABC):
     """One place that remembers; every implementation passes tests/test_store_contract.py."""
 

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from supervisor.store.abc import StoreError, StoreTooNew
+from supervisor.store.abc import StoreError, refuse_newer
 
 STEPS: list[str] = [
     # 1: the first schema.
@@ -79,11 +79,7 @@ def version_of(connection: sqlite3.Connection, location: str) -> int:
 
 def check_readable(connection: sqlite3.Connection, location: str) -> int:
     """The version, if this taskd can read the store as it is (StoreTooNew if newer)."""
-    version = version_of(connection, location)
-    if version > CURRENT:
-        raise StoreTooNew(f"{location}: written by a newer taskd (schema version {version}; "
-                          f"this taskd knows up to {CURRENT}); refusing to use or change it")
-    return version
+    return refuse_newer(version_of(connection, location), CURRENT, location)
 
 
 def upgrade(connection: sqlite3.Connection, location: str, target: int | None = None) -> int:

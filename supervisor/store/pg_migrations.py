@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from supervisor.store.abc import StoreError, StoreTooNew
+from supervisor.store.abc import StoreError, refuse_newer
 
 if TYPE_CHECKING:
     import psycopg
@@ -90,11 +90,7 @@ def version_of(connection: psycopg.Connection, location: str) -> int:
 
 def check_readable(connection: psycopg.Connection, location: str) -> int:
     """The version, if this taskd can read the store as it is (StoreTooNew if newer)."""
-    version = version_of(connection, location)
-    if version > CURRENT:
-        raise StoreTooNew(f"{location}: written by a newer taskd (schema version {version}; "
-                          f"this taskd knows up to {CURRENT}); refusing to use or change it")
-    return version
+    return refuse_newer(version_of(connection, location), CURRENT, location)
 
 
 def upgrade(connection: psycopg.Connection, location: str, target: int | None = None) -> int:

@@ -33,7 +33,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from supervisor.store import pg_migrations
-from supervisor.store.abc import HistoryQuery, JobMemory, Memory, StateStore, StoreError
+from supervisor.store.abc import (
+    HistoryQuery,
+    JobMemory,
+    Memory,
+    StateStore,
+    StoreError,
+    history_filters,
+)
 
 # psycopg warns on stderr (logging's last resort) of errors it ignores while a failed
 # pipeline unwinds; the StoreError says what failed, and stderr carries JSON lines only.
@@ -94,16 +101,7 @@ class PostgresStore(StateStore):
         return memory
 
     def history(self, query: HistoryQuery) -> list[dict[str, Any]]:
-        where, args = [], []
-        if query.job_id is not None:
-            where.append("job_id = %s")
-            args.append(query.job_id)
-        if query.status is not None:
-            where.append("status = %s")
-            args.append(query.status)
-        if query.since is not None:
-            where.append("started >= %s")
-            args.append(query.since)
+        where, args = history_filters(query, "%s")
         sql = "SELECT record FROM taskd_executions"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -195,9 +193,8 @@ class PostgresStore(StateStore):
 
 Statement = tuple[str, dict[str, Any]]
 
-# A new record (a replay is ignored, whole): history, its unfinished row gone, and its
-# job's last run (success or failure; the occurrence accounted unless manual).
-_RECORD = """
+# Every record: into the history (a replay is ignored, whole), its unfinished row gone.
+_INSERT_RECORD = """
 WITH new AS (
     INSERT INTO taskd_executions (run_id, job_id, started, status, record)
     VALUES (%(run_id)s, %(job_id)s, %(started)s, %(status)s, %(record)s)
@@ -206,6 +203,10 @@ WITH new AS (
 ), finished AS (
     DELETE FROM taskd_unfinished WHERE run_id = %(run_id)s
 )
+"""
+# A new record is also its job's last run (success or failure; the occurrence accounted
+# unless manual).
+_RECORD = _INSERT_RECORD + """
 INSERT INTO taskd_jobs AS j (job_id, records, last_started, last_status, last_error,
                              last_success, last_failure, last_scheduled)
 SELECT job_id, 1, %(timestamp)s::text, %(status)s::text, %(error)s::text,
@@ -221,15 +222,7 @@ ON CONFLICT (job_id) DO UPDATE SET
 """
 
 # A hook's record is history, but not its job's last run.
-_HOOK_RECORD = """
-WITH new AS (
-    INSERT INTO taskd_executions (run_id, job_id, started, status, record)
-    VALUES (%(run_id)s, %(job_id)s, %(started)s, %(status)s, %(record)s)
-    ON CONFLICT (run_id) DO NOTHING
-    RETURNING job_id
-), finished AS (
-    DELETE FROM taskd_unfinished WHERE run_id = %(run_id)s
-)
+_HOOK_RECORD = _INSERT_RECORD + """
 INSERT INTO taskd_jobs AS j (job_id, records) SELECT job_id, 1 FROM new
 ON CONFLICT (job_id) DO UPDATE SET records = j.records + 1
 """

@@ -23,6 +23,7 @@ from supervisor.store.abc import (
     Memory,
     StateStore,
     StoreError,
+    history_filters,
 )
 
 BUSY_TIMEOUT_MS = 2000
@@ -79,16 +80,7 @@ class SQLiteStore(StateStore):
         return memory
 
     def history(self, query: HistoryQuery) -> list[dict[str, Any]]:
-        where, args = [], []
-        if query.job_id is not None:
-            where.append("job_id = ?")
-            args.append(query.job_id)
-        if query.status is not None:
-            where.append("status = ?")
-            args.append(query.status)
-        if query.since is not None:
-            where.append("started >= ?")
-            args.append(query.since)
+        where, args = history_filters(query, "?")
         # One job's runs are at most --history-per-job rows: walk those, never the
         # status index across every job (SQLite's pick for a job that never failed).
         sql = "SELECT record FROM executions"

@@ -270,7 +270,7 @@ class Schedule:
                 runnable.append(following)
             following = spec.trigger.next_after(following)
         if runnable:
-            self._catch_up[spec.job_id] = deque(runnable)
+            self._catch_up[spec.job_id] = runnable
         if not missed:
             return []
         reason = (f"more than {self.grace_s(spec):g}s late" if not runnable else
@@ -286,22 +286,25 @@ class Schedule:
         events, self._events = self._events, []
         return events
 
+    def _catch_up_free(self) -> Iterator[tuple[JobState, deque[datetime]]]:
+        """Jobs with catch-up runs waiting and none of their runs in flight."""
+        for job_id, waiting in self._catch_up.items():
+            state = self.jobs.get(job_id)
+            if state is not None and not state.in_flight:
+                yield state, waiting
+
     def catch_up_due(self) -> list[Occurrence]:
         """The next catch-up run of each job with none of its runs in flight."""
-        occurrences = []
-        for job_id, waiting in list(self._catch_up.items()):
-            state = self.jobs.get(job_id)
-            if state is None or state.in_flight:
-                continue
-            occurrences.append(Occurrence(state.spec, waiting.popleft(), catch_up=True))
-            if not waiting:
-                del self._catch_up[job_id]
+        occurrences = [Occurrence(state.spec, waiting.popleft(), catch_up=True)
+                       for state, waiting in list(self._catch_up_free())]
+        for occurrence in occurrences:
+            if not self._catch_up[occurrence.spec.job_id]:
+                del self._catch_up[occurrence.spec.job_id]
         return occurrences
 
     def catch_up_ready(self) -> bool:
         """Whether ``catch_up_due`` has a run to hand out now."""
-        return any(not (state := self.jobs.get(job_id)) or not state.in_flight
-                   for job_id in self._catch_up)
+        return any(True for _ in self._catch_up_free())
 
     @property
     def catching_up_jobs(self) -> int:
