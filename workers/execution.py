@@ -34,17 +34,41 @@ class Execution:
     timeout_s: float | None = None
     manual: bool = False  # asked for by `taskd run`, not by the schedule
     catch_up: bool = False  # an occurrence that fell while no taskd ran (job key catch_up)
+    # Policies (each None or empty unless the job asks for it; see the job keys):
+    attempt: int | None = None  # with ``retry``: 1 for the first run, 2 for the first retry
+    hook: str | None = None  # "on_failure" etc.: this run is that hook of job_id
+    payload: str | None = None  # a hook's input: the JSON of the record that set it off
+    variables: dict[str, str] = field(default_factory=dict)  # more TASKD_* for the task
+    user: str | None = None  # run as this account (a root daemon only)
+    group: str | None = None
+    env_file: str | None = None  # KEY=VALUE lines, read at each run, under the task's env
+    delayed_s: float | None = None  # jitter: started this long after scheduled_for
 
     def to_message(self) -> dict[str, Any]:
         # Not dataclasses.asdict: that deep-copies, and this runs once per execution.
-        return {"run_id": self.run_id, "job_id": self.job_id,
-                "scheduled_for": self.scheduled_for, "task_type": self.task_type,
-                "task_params": self.task_params, "timeout_s": self.timeout_s,
-                "manual": self.manual, "catch_up": self.catch_up}
+        message = {"run_id": self.run_id, "job_id": self.job_id,
+                   "scheduled_for": self.scheduled_for, "task_type": self.task_type,
+                   "task_params": self.task_params, "timeout_s": self.timeout_s,
+                   "manual": self.manual, "catch_up": self.catch_up}
+        for key in _POLICY_FIELDS:  # only what is set: most runs carry none of them
+            value = getattr(self, key)
+            if value:
+                message[key] = value
+        return message
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Execution:
         return cls(**message)
+
+    def not_before(self) -> float:
+        """The epoch second before which the run must not start (its instant, or later
+        by its jitter delay)."""
+        at = datetime.fromisoformat(self.scheduled_for).timestamp()
+        return at + (self.delayed_s or 0.0)
+
+
+_POLICY_FIELDS = ("attempt", "hook", "payload", "variables", "user", "group", "env_file",
+                  "delayed_s")
 
 
 def execution_record(
@@ -74,6 +98,12 @@ def execution_record(
         record["manual"] = True
     if execution.catch_up:
         record["catch_up"] = True
+    if execution.attempt is not None:
+        record["attempt"] = execution.attempt
+    if execution.hook is not None:
+        record["hook"] = execution.hook
+    if execution.delayed_s:
+        record["delayed_s"] = round(execution.delayed_s, 3)
     return record
 
 

@@ -18,7 +18,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar
 
@@ -45,6 +45,14 @@ class RunContext:
     timeout_s: float | None
     # Polled by long-running tasks: True once the worker has been told to stop (shutdown).
     stop_requested: Callable[[], bool] = lambda: False
+    # A hook's input: the JSON of the execution record that set it off (a command's
+    # stdin, a request's body); None for ordinary runs.
+    payload: str | None = None
+    # More TASKD_* variables for the task (a hook's TASKD_STATUS, ...).
+    variables: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None  # run as this account (a root daemon only)
+    group: str | None = None
+    env_file: str | None = None  # KEY=VALUE lines merged under the task's own env
 
 
 @dataclass(frozen=True)

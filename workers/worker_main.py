@@ -169,7 +169,7 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
 def _hold_until_instant(link: _Link, execution: Execution, stop: _StopFlag) -> bool:
     """Wait for the run's instant; False if told to stop (or orphaned) before it came."""
     hold_until = time.time() + MAX_HOLD_S
-    due = min(datetime.fromisoformat(execution.scheduled_for).timestamp(), hold_until)
+    due = min(execution.not_before(), hold_until)
     while not stop.requested:
         left = due - time.time()
         if left <= 0:
@@ -197,6 +197,11 @@ def run_execution(execution: Execution, worker_id: int, stop: _StopFlag) -> dict
         scheduled_for=execution.scheduled_for,
         timeout_s=execution.timeout_s,
         stop_requested=stop,
+        payload=execution.payload,
+        variables=execution.variables,
+        user=execution.user,
+        group=execution.group,
+        env_file=execution.env_file,
     )
     try:
         task_type = task_type_named(execution.task_type)
