@@ -56,6 +56,33 @@ class OneTimeTrigger(Trigger):
         return hash(self.at)
 
 
+class StartTrigger(Trigger):
+    """``@reboot`` / ``@start``: once each time the daemon starts, never by the clock.
+
+    ``next_after`` is always None; the coordinator runs these jobs as its first load ends
+    (see ``Schedule.at_start``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str = "@reboot") -> None:
+        self.text = text
+
+    def next_after(self, instant: datetime) -> datetime | None:
+        return None
+
+    def describe(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StartTrigger)
+
+    def __hash__(self) -> int:
+        return hash(StartTrigger)
+
+
+START_MACROS = ("@reboot", "@start")
+
+
 class CronTrigger(Trigger):
     """A cron expression in one time zone. Shared between jobs with the same pair."""
 
