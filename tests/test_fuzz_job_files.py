@@ -20,7 +20,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.cli import main
-from supervisor.jobfiles.jobspec import MAX_REASON_CHARS, JobFileError, JobSpec, parse_job
+from supervisor.jobfiles.jobspec import (
+    KNOWN_KEYS,
+    MAX_REASON_CHARS,
+    JobFileError,
+    JobSpec,
+    parse_job,
+)
+from supervisor.jobfiles.policy_keys import POLICY_KEYS
 from supervisor.timing.triggers import CronTrigger, OneTimeTrigger
 from tests.property_settings import examples as scaled
 from workers.http_request import METHODS
@@ -426,7 +433,8 @@ HTTP = {**EXECUTE, "schedule": "2030-01-01T00:00:00Z",
 
 # (document, path to the key, what the error must start with)
 TOP_KEYS = ["job_id", "schedule", "timezone", "task", "timeout_s", "overlap", "enabled",
-            "description", "catch_up", "max_catch_up", "starting_deadline_s", "_comment", "_"]
+            "description", "catch_up", "max_catch_up", "starting_deadline_s", "_comment", "_",
+            *POLICY_KEYS]
 PLACES = (
     [(base, (key,), key) for base in (EXECUTE, HTTP) for key in TOP_KEYS]
     + [(EXECUTE, ("task", key), "task") for key in ("type", "command", "env", "cwd", "_c")]
@@ -469,7 +477,7 @@ def test_unknown_and_comment_keys(base, where, key, value, data):
         where = where[:1]
     document = placed(base, (*where, key), value)
     result = outcome(data.draw(encoded(document)))
-    known = {(): base, ("task",): base["task"]}.get(where, {})
+    known = {(): KNOWN_KEYS, ("task",): base["task"]}.get(where, {})
     if key.startswith("_") and where in ((), ("task",)):
         assert isinstance(result, JobSpec), result  # comments are free, whatever they hold
     elif where in ((), ("task",)) and key not in known:

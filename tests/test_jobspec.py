@@ -15,7 +15,8 @@ from supervisor.jobfiles.jobspec import (
     parse_job,
     read_job_file,
 )
-from supervisor.timing.triggers import CronTrigger, OneTimeTrigger
+from supervisor.jobfiles.policy_keys import NO_POLICY, RetryPolicy
+from supervisor.timing.triggers import CronTrigger, OneTimeTrigger, StartTrigger
 from supervisor.timing.zones import UTC
 
 FILE = "jobs.d/x.json"
@@ -55,6 +56,47 @@ def test_every_key_is_read():
     spec = parse(job(catch_up="all", max_catch_up=7, starting_deadline_s=3600))
     assert (spec.catch_up, spec.max_catch_up, spec.starting_deadline_s) == ("all", 7, 3600.0)
     assert parse(job(starting_deadline_s=0)).starting_deadline_s == 0.0
+
+
+def test_every_policy_key_is_read():
+    hook = {"type": "execute_command", "command": "notify"}
+    spec = parse(job(retry={"attempts": 3, "delay_s": 5, "backoff": 3, "max_delay_s": 40,
+                            "on_lost": True},
+                     on_failure=hook, on_success=hook, on_recovery=hook, on_give_up=hook,
+                     overlap="replace", max_concurrent=2, concurrency_group="db",
+                     jitter_s=30, jitter_fixed=True, user="nobody", group="nogroup",
+                     env_file="-/etc/default/x"))
+    policy = spec.policy
+    assert policy.retry == RetryPolicy(3, 5.0, 3.0, 40.0, True)
+    assert [h.name for h in policy.hooks] == ["on_failure", "on_success", "on_recovery",
+                                              "on_give_up"]
+    assert policy.hook("on_failure").task_params["command"] == "notify"
+    assert (spec.overlap, policy.max_concurrent, policy.concurrency_group) == (
+        "replace", 2, "db")
+    assert (policy.jitter_s, policy.jitter_fixed) == (30.0, True)
+    assert (policy.user, policy.group, policy.env_file) == ("nobody", "nogroup",
+                                                            "-/etc/default/x")
+
+
+def test_retry_defaults_and_delays():
+    retry = parse(job(retry={"attempts": 4})).policy.retry
+    assert (retry.delay_s, retry.backoff, retry.max_delay_s, retry.on_lost) == (
+        10.0, 2.0, 300.0, False)
+    assert [retry.delay_before(attempt) for attempt in (2, 3, 4)] == [10.0, 20.0, 40.0]
+    capped = RetryPolicy(100, delay_s=100, backoff=10, max_delay_s=500)
+    assert [capped.delay_before(n) for n in (2, 3, 50)] == [100.0, 500.0, 500.0]
+
+
+def test_jobs_without_policy_keys_share_one_policy_object():
+    assert parse(job()).policy is NO_POLICY
+    assert parse(job(job_id="y", timeout_s=3)).policy is NO_POLICY
+
+
+@pytest.mark.parametrize("schedule", ["@reboot", "@start", "@REBOOT", " @start "])
+def test_start_schedules(schedule):
+    spec = parse(job(schedule=schedule))
+    assert spec.at_start and isinstance(spec.trigger, StartTrigger)
+    assert spec.trigger.next_after(datetime(2026, 1, 1, tzinfo=UTC)) is None
 
 
 def test_default_zone_comes_from_the_daemon():
@@ -135,8 +177,53 @@ ERRORS = [
     (job(timeout_s=-1), "timeout_s: must be a positive number of seconds, got -1"),
     (job(timeout_s="5"), 'timeout_s: must be a positive number of seconds, got "5"'),
     (job(timeout_s=True), "timeout_s: must be a positive number of seconds, got true"),
-    (job(overlap="never"), 'overlap: must be "allow" or "skip", got "never"'),
-    (job(overlap=None), 'overlap: must be "allow" or "skip", got null'),
+    (job(overlap="never"), 'overlap: must be "allow" or "skip" or "replace", got "never"'),
+    (job(overlap=None), 'overlap: must be "allow" or "skip" or "replace", got null'),
+    (job(retry=3), 'retry: must be an object such as {"attempts": 3}, got 3'),
+    (job(retry={}), "retry.attempts: required key is missing (how many runs in all, the "
+                    "first included)"),
+    (job(retry={"attempts": 0}), "retry.attempts: must be a whole number from 1 to 100 (the "
+                                 "first run included), got 0"),
+    (job(retry={"attempts": 2, "delay": 5}), 'retry: unknown key "delay" (known: attempts, '
+                                             "delay_s, backoff, max_delay_s, on_lost)"),
+    (job(retry={"attempts": 2, "delay_s": -1}),
+     "retry.delay_s: must be a number of seconds, 0 or more, got -1"),
+    (job(retry={"attempts": 2, "backoff": 0.5}),
+     "retry.backoff: must be a number, 1 or more, got 0.5"),
+    (job(retry={"attempts": 2, "delay_s": 60, "max_delay_s": 10}),
+     "retry.max_delay_s: must be at least retry.delay_s (60), got 10"),
+    (job(retry={"attempts": 2, "on_lost": "yes"}),
+     'retry.on_lost: must be true or false, got "yes"'),
+    (job(on_failure="mail root"), 'on_failure: must be an object with a "type" key'),
+    (job(on_success={"type": "nope"}), "on_success.type: unknown task type 'nope' (known: "),
+    (job(on_give_up={"type": "execute_command"}), "on_give_up.command: required key is "
+                                                  "missing"),
+    (job(on_recovery={"type": "execute_command", "command": "x", "cmd": 1}),
+     'on_recovery: unknown key "cmd"'),
+    (job(max_concurrent=0), "max_concurrent: must be a whole number from 1 to 10,000, got 0"),
+    (job(max_concurrent=True),
+     "max_concurrent: must be a whole number from 1 to 10,000, got true"),
+    (job(overlap="skip", max_concurrent=2),
+     'max_concurrent: overlap "skip" runs one at a time; with max_concurrent 2 use '
+     'overlap "allow" (it skips beyond the limit)'),
+    (job(concurrency_group=""), 'concurrency_group: must be a name of 1-128 printable '
+                                'characters, got ""'),
+    (job(concurrency_group=["a"]), 'concurrency_group: must be a name of 1-128 printable '
+                                   'characters, got ["a"]'),
+    (job(jitter_s=-1), "jitter_s: must be a number of seconds from 0 to 604800 (a week), "
+                       "got -1"),
+    (job(jitter_s="5m"), 'jitter_s: must be a number of seconds from 0 to 604800 (a week), '
+                         'got "5m"'),
+    (job(jitter_fixed=1, jitter_s=5), "jitter_fixed: must be true or false, got 1"),
+    (job(jitter_fixed=True), "jitter_fixed: needs jitter_s (the range the fixed offset is "
+                             "drawn from)"),
+    (job(user="bad name"), 'user: must be an account name, got "bad name"'),
+    (job(user=0), "user: must be an account name, got 0"),
+    (job(group="wheel"), "group: needs user (the account the command runs as)"),
+    (job(user="root", group="a b"), 'group: must be a group name, got "a b"'),
+    (job(env_file=""), 'env_file: must be a file path, got ""'),
+    (job(env_file="vars.env"), 'env_file "vars.env": must be an absolute path (the daemon\'s '
+                               "working directory is not the job file's)"),
     (job(enabled="yes"), 'enabled: must be true or false, got "yes"'),
     (job(catch_up="missed"), 'catch_up: must be "none" or "latest" or "all", got "missed"'),
     (job(catch_up=True), 'catch_up: must be "none" or "latest" or "all", got true'),

@@ -22,9 +22,30 @@ from typing import Any
 
 from supervisor.jobfiles.file_trust import daemon_uid, untrusted_reason
 from supervisor.jobfiles.jobdir import FileStamp
+from supervisor.jobfiles.policy_keys import (
+    HOOK_KEYS,
+    NO_POLICY,
+    POLICY_KEYS,
+    HookTask,
+    JobPolicy,
+    PolicyError,
+    parse_account,
+    parse_concurrency_group,
+    parse_env_file,
+    parse_jitter,
+    parse_max_concurrent,
+    parse_retry,
+)
 from supervisor.jobfiles.task_params import TaskParams
 from supervisor.timing.cron_expr import CronSyntaxError
-from supervisor.timing.triggers import OneTimeTrigger, Trigger, cron_trigger, local_wall_to_utc
+from supervisor.timing.triggers import (
+    START_MACROS,
+    OneTimeTrigger,
+    StartTrigger,
+    Trigger,
+    cron_trigger,
+    local_wall_to_utc,
+)
 from supervisor.timing.zones import UTC, UnknownZoneError, zone_named
 from workers.params import is_unicode, show
 from workers.task_type import TaskParamsError, UnknownTaskType, task_type_named
@@ -33,8 +54,9 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 500  # an error message stays one readable line
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KNOWN_KEYS = ("job_id", "description", "schedule", "timezone", "task", "timeout_s",
-              "overlap", "enabled", "catch_up", "max_catch_up", "starting_deadline_s")
-OVERLAP_POLICIES = ("allow", "skip")
+              "overlap", "enabled", "catch_up", "max_catch_up", "starting_deadline_s",
+              *POLICY_KEYS)
+OVERLAP_POLICIES = ("allow", "skip", "replace")
 CATCH_UP_POLICIES = ("none", "latest", "all")
 DEFAULT_MAX_CATCH_UP = 100
 MAX_MAX_CATCH_UP = 100_000
@@ -75,10 +97,16 @@ class JobSpec:
     catch_up: str = "none"  # what a daemon starting on a state dir runs of what it missed
     max_catch_up: int = DEFAULT_MAX_CATCH_UP
     starting_deadline_s: float | None = None  # None: the daemon's --misfire-grace
+    policy: JobPolicy = NO_POLICY  # retry, hooks, concurrency, jitter, user (policy_keys)
 
     @property
     def one_time(self) -> bool:
         return isinstance(self.trigger, OneTimeTrigger)
+
+    @property
+    def at_start(self) -> bool:
+        """``@reboot`` / ``@start``: runs once as the daemon starts."""
+        return isinstance(self.trigger, StartTrigger)
 
 
 def read_job_file(path: str, *, default_zone: str, trusted_only: bool = False) -> JobSpec:
@@ -192,6 +220,7 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
     except ScheduleError as error:
         raise JobFileError(file, str(error)) from None
     task_type, task_params = _task(document["task"], file)
+    policy = _policy(document, file)
     description = document.get("description")
     if description is not None and not isinstance(description, str):
         raise JobFileError(file, f"description: must be a string, got {show(description)}")
@@ -216,7 +245,34 @@ def job_from_document(document: Any, file: str, *, default_zone: str) -> JobSpec
         max_catch_up=_count(document, "max_catch_up", DEFAULT_MAX_CATCH_UP, MAX_MAX_CATCH_UP,
                             file),
         starting_deadline_s=_deadline(document.get("starting_deadline_s"), file),
+        policy=policy,
     )
+
+
+def _policy(document: dict, file: str) -> JobPolicy:
+    """The policy keys (NO_POLICY when the file sets none of them)."""
+    if not any(key in document for key in POLICY_KEYS):
+        return NO_POLICY
+    hooks = tuple(HookTask(name, *_task(document[name], file, key=name))
+                  for name in HOOK_KEYS if name in document)
+    try:
+        jitter_s, jitter_fixed = parse_jitter(document)
+        user, group = parse_account(document)
+        policy = JobPolicy(
+            retry=parse_retry(document.get("retry")),
+            hooks=hooks,
+            max_concurrent=parse_max_concurrent(document.get("max_concurrent")),
+            concurrency_group=parse_concurrency_group(document.get("concurrency_group")),
+            jitter_s=jitter_s, jitter_fixed=jitter_fixed,
+            user=user, group=group,
+            env_file=parse_env_file(document.get("env_file")))
+    except PolicyError as error:
+        raise JobFileError(file, str(error)) from None
+    if document.get("overlap") == "skip" and policy.max_concurrent not in (None, 1):
+        raise JobFileError(file, f'max_concurrent: overlap "skip" runs one at a time; '
+                                 f'with max_concurrent {policy.max_concurrent} use '
+                                 f'overlap "allow" (it skips beyond the limit)')
+    return policy
 
 
 class ScheduleError(ValueError):
@@ -226,6 +282,8 @@ class ScheduleError(ValueError):
 def schedule_trigger(schedule: str, zone_name: str) -> Trigger:
     """The trigger for a schedule string read in ``zone_name`` (cron or ISO 8601)."""
     text = schedule.strip()
+    if text.lower() in START_MACROS:
+        return StartTrigger(text.lower())
     if _TIMESTAMP_START.match(text):
         return OneTimeTrigger(_timestamp(text, zone_name))
     try:
@@ -255,23 +313,24 @@ def _timestamp(text: str, zone_name: str) -> datetime:
     return moment
 
 
-def _task(task: Any, file: str) -> tuple[str, Mapping[str, Any]]:
+def _task(task: Any, file: str, *, key: str = "task") -> tuple[str, Mapping[str, Any]]:
+    """The task object under ``key`` (``task``, or a hook such as ``on_failure``)."""
     if not isinstance(task, dict) or "type" not in task:
-        raise JobFileError(file, 'task: must be an object with a "type" key')
+        raise JobFileError(file, f'{key}: must be an object with a "type" key')
     type_name = task["type"]
     if not isinstance(type_name, str):
-        raise JobFileError(file, f"task.type {show(type_name)}: must be a string")
+        raise JobFileError(file, f"{key}.type {show(type_name)}: must be a string")
     try:
         task_class = task_type_named(type_name)
     except UnknownTaskType as error:
-        raise JobFileError(file, f"task.type: {error}") from None
+        raise JobFileError(file, f"{key}.type: {error}") from None
     params = {key: value for key, value in task.items() if key != "type"}
     try:
         normalized = task_class.validate(params)
     except TaskParamsError as error:
         # "command: ..." becomes "task.command: ..."; "unknown key ..." "task: unknown key ..."
         joint = "." if _KEY_FIRST.match(str(error)) else ": "
-        raise JobFileError(file, f"task{joint}{error}") from None
+        raise JobFileError(file, f"{key}{joint}{error}") from None
     return sys.intern(type_name), TaskParams(normalized)
 
 
