@@ -80,6 +80,39 @@ class Status(Command):
         return "\n".join(view.fit(line).rstrip() for line in lines)
 
 
+def policy_lines(j: dict[str, Any]) -> list[str]:
+    """The policy keys a job sets, one line each, for ``taskd status JOB_ID``."""
+    lines = []
+    retry = j.get("retry")
+    if retry:
+        lines.append(f"  retry        {retry['attempts']} attempts, {retry['delay_s']:g}s "
+                     f"x{retry['backoff']:g} up to {retry['max_delay_s']:g}s"
+                     + (", also when a worker is lost" if retry.get("on_lost") else ""))
+    for pending in j.get("retry_pending") or []:
+        lines.append(f"  retry next   attempt {pending['attempt']} of the run for "
+                     f"{pending['scheduled_for']}")
+    hooks = j.get("hooks") or {}
+    if hooks:
+        lines.append("  hooks        " + ", ".join(f"{name} ({kind})"
+                                                   for name, kind in hooks.items()))
+    limits = []
+    if j.get("max_concurrent"):
+        limits.append(f"max_concurrent {j['max_concurrent']}")
+    if j.get("concurrency_group"):
+        limits.append(f"concurrency_group {j['concurrency_group']}")
+    if limits:
+        lines.append("  concurrency  " + ", ".join(limits))
+    if j.get("jitter_s"):
+        kind = "fixed offset" if j.get("jitter_fixed") else "random each run"
+        lines.append(f"  jitter       up to {j['jitter_s']:g}s ({kind})")
+    if j.get("user"):
+        account = j["user"] + (f":{j['group']}" if j.get("group") else "")
+        lines.append(f"  runs as      {account}")
+    if j.get("env_file"):
+        lines.append(f"  env_file     {j['env_file']}")
+    return lines
+
+
 class Run(Command):
     name = "run"
     params: ClassVar[dict[str, type]] = {"job_id": str}
@@ -252,6 +285,7 @@ class _View:
             within = "--misfire-grace" if deadline is None else f"{deadline:g}s"
             lines.insert(-1, f"  catch-up     {j['catch_up']} (at most "
                              f"{j.get('max_catch_up')}, deadline {within})")
+        lines[-1:-1] = policy_lines(j)
         history = list(reversed(j.get("history") or []))
         lines += ["", f"RECENT RUNS ({len(history)}, newest first)"]
         if history:
@@ -261,6 +295,8 @@ class _View:
             started = _parse(run.get("timestamp"))
             took = run.get("duration_ms")
             note = " ".join(x for x in ("manual" if run.get("manual") else "",
+                                        f"attempt {run['attempt']}"
+                                        if (run.get("attempt") or 1) > 1 else "",
                                         run.get("error") or "") if x)
             lines.append(f"  {self.when(started, full=False):<20} {run.get('status', '?'):<8} "
                          f"{_span(took / 1000, ms=True) if took is not None else '-':>9}  "

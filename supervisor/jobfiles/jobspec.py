@@ -417,3 +417,17 @@ def _file_kind(mode: int) -> str:
     kinds = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
              (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
     return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def hook_from_option(text: str, option: str = "--on-failure") -> HookTask:
+    """A daemon-wide hook from the command line: a JSON task object (``{"type": ...}``),
+    or else a shell command for ``execute_command``. JobFileError names the option."""
+    if text.lstrip().startswith("{"):
+        try:
+            task = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        except (json.JSONDecodeError, _BadDocument) as error:
+            raise JobFileError(option, f"not a valid JSON task object: {error}") from None
+    else:
+        task = {"type": "execute_command", "command": text}
+    name = option.removeprefix("--").replace("-", "_")
+    return HookTask(name, *_task(task, option, key=name))

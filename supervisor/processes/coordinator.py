@@ -27,13 +27,15 @@ from supervisor.control.diagnostics import Diagnostics
 from supervisor.control.sd_notify import Notifier
 from supervisor.jobfiles.jobdir import snapshot, stamp
 from supervisor.jobfiles.jobspec import read_stamped_job_file
+from supervisor.jobfiles.policy_keys import HookTask
 from supervisor.jobfiles.reconcile import Changes, Reconciler
+from supervisor.policies.dispatcher import Dispatcher
 from supervisor.processes.handoff import ExecutionQueue
 from supervisor.processes.heap import bulk_load
 from supervisor.processes.readiness import wait_readable
 from supervisor.store.abc import Memory
 from supervisor.timing.schedule import Occurrence, Schedule
-from workers.execution import Execution, failure_record, new_run_id
+from workers.execution import Execution, failure_record
 
 MAX_SLEEP_S = 1.0
 # Occurrences are handed to idle workers this long before their instant; the worker holds
@@ -83,6 +85,7 @@ class DaemonOptions:
     state_dir: str | None = None
     history_days: float = 30.0
     history_per_job: int = 1000
+    on_failure: HookTask | None = None  # --on-failure: for jobs without their own
 
 
 class Coordinator:
@@ -110,6 +113,7 @@ class Coordinator:
         self._marked_known: set[str] = set()
         self._next_alive = self.clock.monotonic()
         self._stopping_at: datetime | None = None
+        self._loaded = False  # the first load is done (later @reboot jobs wait a start)
         self.reconciler = Reconciler(partial(
             read_stamped_job_file, default_zone=options.timezone,
             trusted_only=not options.allow_insecure_files))
@@ -123,6 +127,10 @@ class Coordinator:
         self._next_keepalive = self.clock.monotonic() + (self._keepalive_s or 0.0)
         self._signal_reader: socket.socket | None = None
         self.counters = {"executions": 0, "success": 0, "failure": 0}
+        self.dispatcher = Dispatcher(self.schedule, hand_out=self._hand_out,
+                                     stop_run=self._stop_run, emit=self.emit,
+                                     account=self._account_skipped,
+                                     default_on_failure=options.on_failure)
 
     # -- start-up --------------------------------------------------------------------
 
@@ -144,8 +152,10 @@ class Coordinator:
             # Every file is new: the stamps come from reading them (see jobdir.UNSTAMPED).
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir, stamped=False)))
         self.schedule.catching_up = False
+        self._run_at_start()
         self._seed_metrics()
         self.memory = None  # read once: the schedule keeps what it needs
+        self._loaded = True
         # The first safety-net rescan backs off as the later ones do: a rescan costs less
         # than the load (nothing to parse), so this errs towards the quiet side.
         self._back_off_rescan(self.clock.monotonic() - started)
@@ -175,6 +185,14 @@ class Coordinator:
                                     error="daemon lost")
             self._collect([record])
 
+    def _run_at_start(self) -> None:
+        """``@reboot`` / ``@start`` jobs: one run each, now that the daemon has started."""
+        now = self.clock.now()
+        for state in list(self.schedule.jobs.values()):
+            spec = state.spec
+            if spec.at_start and spec.enabled and spec.job_id not in self.schedule.paused:
+                self.submit(Occurrence(spec, now, at_start=True))
+
     def _seed_metrics(self) -> None:
         if self.metrics is None or self.memory is None:
             return
@@ -202,6 +220,7 @@ class Coordinator:
             self.logger.handle_readable()
             self.logger.check()
         self._collect(self.queue.service())
+        self._collect(self.dispatcher.take_records())
         if self.control is not None and (self.control.clients
                                          or _any_in(self.control.wait_objects(), ready)):
             self.control.service()  # may ask for a run, a reload or a stop
@@ -257,9 +276,11 @@ class Coordinator:
         limits = [MAX_SLEEP_S, self._next_rescan - mono]
         if self._keepalive_s is not None:
             limits.append(self._next_keepalive - mono)
-        to_next = self.schedule.time_to_next(self.clock.now(), HANDOFF_LEAD_S)
-        if to_next is not None:
-            limits.append(to_next)
+        now = self.clock.now()
+        for to_next in (self.schedule.time_to_next(now, HANDOFF_LEAD_S),
+                        self.dispatcher.time_to_next(now, HANDOFF_LEAD_S)):
+            if to_next is not None:
+                limits.append(to_next)
         for deadline in (self.watcher.next_deadline(),
                          self.control.next_deadline() if self.control else None):
             if deadline is not None:
@@ -315,8 +336,14 @@ class Coordinator:
         now = self.clock.now()
         for job_id in changes.removed:
             self.schedule.remove(job_id, now)
+            self.dispatcher.job_removed(job_id)
         known: list[str] = []
         for spec in changes.upserted:
+            if spec.at_start and spec.job_id not in self.schedule.jobs and self._loaded:
+                self.emit({"event": "runs_at_start", "level": "info", "job_id": spec.job_id,
+                           "file": spec.file, "reason": f"schedule {spec.schedule!r} runs "
+                           f"each time taskd starts; not now (taskd run {spec.job_id} runs "
+                           f"it by hand)"})
             self.schedule.upsert(spec, now)
             if (spec.catch_up != "none" and self.logger.storing
                     and spec.job_id not in self._marked_known
@@ -331,53 +358,65 @@ class Coordinator:
             self._missed(event)
 
     def _dispatch_due(self) -> None:
-        occurrences, events = self.schedule.due(self.clock.now(), HANDOFF_LEAD_S)
+        now = self.clock.now()
+        occurrences, events = self.schedule.due(now, HANDOFF_LEAD_S)
         for event in events:
             self._missed(event)
         for occurrence in occurrences:
             self.submit(occurrence)
         for occurrence in self.schedule.catch_up_due():
             self.submit(occurrence)
+        self.dispatcher.due(now, HANDOFF_LEAD_S)
 
     def _missed(self, event: dict[str, Any]) -> None:
         """A missed or skipped diagnostic; the store remembers the occurrences are done."""
+        if event["event"] == "skipped":
+            self.dispatcher.skipped(event)  # one line per streak of them
+            return
         self.emit(event)
-        if self.logger.storing and event["event"] in ("missed", "skipped"):
+        if event["event"] == "missed":
+            self._account_skipped(event)
+
+    def _account_skipped(self, event: dict[str, Any]) -> None:
+        if self.logger.storing:
             state = self.schedule.jobs.get(event["job_id"])
             self.logger.mark({"mark": "missed", "job_id": event["job_id"],
                               "scheduled_for": event.get("last", event["scheduled_for"]),
                               "one_time": bool(state and state.spec.one_time)})
 
-    def submit(self, occurrence: Occurrence) -> Execution:
-        spec = occurrence.spec
-        execution = Execution(
-            run_id=new_run_id(),
-            job_id=spec.job_id,
-            scheduled_for=occurrence.scheduled_for.isoformat(),
-            task_type=spec.task_type,
-            task_params=dict(spec.task_params),
-            timeout_s=spec.timeout_s,
-            manual=occurrence.manual,
-            catch_up=occurrence.catch_up,
-        )
-        self.schedule.run_started(spec.job_id)
-        if self.logger.storing:  # before the run can end: its record comes after this
-            self.logger.mark({"mark": "dispatched", "job_id": spec.job_id,
+    def submit(self, occurrence: Occurrence) -> Execution | None:
+        """Hand a due occurrence to the dispatcher (policies, then a worker)."""
+        return self.dispatcher.offer(occurrence, self.clock.now())
+
+    def _hand_out(self, execution: Execution) -> None:
+        """To a worker, now. Every run but a hook's is marked dispatched in the store
+        first: its record comes after this."""
+        if self.logger.storing and execution.hook is None:
+            state = self.schedule.jobs.get(execution.job_id)
+            self.logger.mark({"mark": "dispatched", "job_id": execution.job_id,
                               "run_id": execution.run_id,
                               "scheduled_for": execution.scheduled_for,
                               "at": self.clock.now().timestamp(),
-                              "one_time": spec.one_time, "manual": occurrence.manual})
+                              "one_time": bool(state and state.spec.one_time),
+                              "manual": execution.manual})
         self.queue.put(execution)
-        return execution
+
+    def _stop_run(self, run_id: str, error: str) -> bool:
+        cancel = getattr(self.queue, "cancel", None)
+        return bool(cancel and cancel(run_id, error))
 
     def _collect(self, records: list[dict[str, Any]]) -> None:
+        now = self.clock.now()
         for record in records:
+            state = self.schedule.jobs.get(record["job_id"])
+            previous_status = state.last_status if state is not None else None
             self.schedule.run_finished(record)
             if self.metrics is not None:
                 self.metrics.record_execution(record)
             self.counters["executions"] += 1
             self.counters["success" if record["status"] == "SUCCESS" else "failure"] += 1
             self.logger.submit(record)
+            self.dispatcher.finished(record, previous_status, now)
 
     def emit(self, event: dict[str, Any]) -> None:
         self.diagnostics.emit(event)
@@ -400,6 +439,7 @@ class Coordinator:
             "queue_depth": self.queue.depth(),
             "counters": {**self.counters, "worker_restarts": self.queue.restarts},
             "jobs": [self._job_status(state) for _, state in sorted(self.schedule.jobs.items())],
+            "concurrency_groups": self.dispatcher.status()["groups"],
             "errors": [{"file": file, "error": error} for file, error in sorted(errors.items())],
         }
 
@@ -412,6 +452,8 @@ class Coordinator:
                 "overlap": state.spec.overlap, "catch_up": state.spec.catch_up,
                 "max_catch_up": state.spec.max_catch_up,
                 "starting_deadline_s": state.spec.starting_deadline_s,
+                **state.spec.policy.describe(), **self.dispatcher.job_status(job_id),
+                "running_runs": state.running,
                 "history": list(state.history or [])}
 
     def _job_status(self, state: Any) -> dict[str, Any]:
@@ -473,6 +515,7 @@ class Coordinator:
         self.notifier.notify("STOPPING=1")
         self.watcher.stop()
         self._collect(self.queue.drop_pending("shutdown"))
+        self._collect(self.dispatcher.drain("shutdown", self.clock.now()))
         self.queue.stop_workers()
         grace_ends = self.clock.monotonic() + self.options.grace_period_s
         kill_at: float | None = None

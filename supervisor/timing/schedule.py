@@ -12,7 +12,9 @@ Policies:
   ``misfire_grace_s`` late, else it is reported missed. Reloading its file unchanged
   never runs it again; a new timestamp schedules it anew.
 - ``overlap: "skip"``: an occurrence that comes due while a run of the same job is still
-  waiting or running is reported skipped.
+  waiting or running is reported skipped; ``max_concurrent`` N: skipped while N are.
+  ``overlap: "replace"``: the occurrence comes with the oldest runs to stop
+  (``Occurrence.replaces``) so that the limit (1, or ``max_concurrent``) holds.
 - ``enabled: false``, or paused (``taskd pause``): loaded, shown, never scheduled.
 - ``starting_deadline_s`` (default ``misfire_grace_s``) is a job's own grace.
 
@@ -58,7 +60,9 @@ HISTORY_LENGTH = 20
 class Runs:
     """What a job's runs have left behind."""
 
-    in_flight: int = 0
+    # The run ids handed out and not finished, oldest first (``overlap: "replace"``
+    # stops the oldest).
+    running: dict[str, None] = field(default_factory=dict)
     last_started: str | None = None  # ISO timestamp of the last finished run's start
     last_status: str | None = None
     last_error: str | None = None
@@ -69,6 +73,7 @@ class Runs:
 
 
 _NEVER_RAN = Runs(history=deque(maxlen=0))  # read-only stand-in: never written to
+_anonymous_runs = iter(range(1, 2**62))  # run ids for callers that give none (tests)
 
 
 @dataclass(slots=True)
@@ -88,7 +93,11 @@ class JobState:
 
     @property
     def in_flight(self) -> int:
-        return (self.runs or _NEVER_RAN).in_flight
+        return len((self.runs or _NEVER_RAN).running)
+
+    @property
+    def running(self) -> list[str]:
+        return list((self.runs or _NEVER_RAN).running)
 
     @property
     def last_started(self) -> str | None:
@@ -123,6 +132,9 @@ class Occurrence:
     scheduled_for: datetime
     manual: bool = False
     catch_up: bool = False
+    attempt: int | None = None  # with ``retry``: which attempt at this occurrence
+    replaces: tuple[str, ...] = ()  # ``overlap: "replace"``: the runs to stop first
+    at_start: bool = False  # an ``@reboot`` job's run as the daemon starts
 
 
 class Schedule:
@@ -346,18 +358,25 @@ class Schedule:
             if state is None or state.next_fire is None:
                 continue
             early = state.next_fire > now
-            skip = state.spec.overlap == "skip" and state.in_flight > 0
-            if early and skip:  # it may have finished by its instant: decide then
+            spec = state.spec
+            limit = run_limit(spec)
+            at_limit = limit is not None and state.in_flight >= limit
+            if early and at_limit:  # it may have finished by its instant: decide then
                 self._at_instant[job_id] = state.next_fire.timestamp()
                 continue
             scheduled = self._take(state, state.next_fire if early else now, events)
             if scheduled is None:
                 continue
-            if skip:
-                events.append(_event("skipped", state.spec, scheduled,
-                                     reason="previous run still in progress"))
-                continue
-            occurrences.append(Occurrence(state.spec, scheduled))
+            if at_limit and spec.overlap == "replace":
+                assert limit is not None
+                oldest = tuple(state.running[:state.in_flight - limit + 1])
+                occurrences.append(Occurrence(spec, scheduled, replaces=oldest))
+            elif at_limit:
+                reason = ("previous run still in progress" if limit == 1 else
+                          f"max_concurrent {limit} runs still in progress")
+                events.append(_event("skipped", spec, scheduled, reason=reason))
+            else:
+                occurrences.append(Occurrence(spec, scheduled))
         return occurrences, events
 
     def _due_ids(self, now_ts: float, until_ts: float) -> Iterator[str]:
@@ -406,17 +425,31 @@ class Schedule:
 
     # -- runs ------------------------------------------------------------------------
 
-    def run_started(self, job_id: str) -> None:
+    def run_started(self, job_id: str, run_id: str | None = None) -> None:
         state = self.jobs.get(job_id)
         if state is not None:
-            state.started().in_flight += 1
+            state.started().running[run_id or f"#{next(_anonymous_runs)}"] = None
+
+    def run_dropped(self, job_id: str, run_id: str) -> None:
+        """A run taken back before it started (no record of its own counts for the job)."""
+        state = self.jobs.get(job_id)
+        if state is not None and state.runs is not None:
+            state.runs.running.pop(run_id, None)
 
     def run_finished(self, record: dict[str, Any]) -> None:
+        if record.get("hook"):
+            return  # a hook's outcome is its own record, never the job's last run
         state = self.jobs.get(record["job_id"])
         if state is None:
             return  # the job was removed while it ran
         runs = state.started()
-        runs.in_flight = max(0, runs.in_flight - 1)
+        run_id = record.get("run_id")
+        if run_id in runs.running:
+            del runs.running[run_id]
+        else:  # started without an id (by a test): the oldest such run
+            anonymous = next((key for key in runs.running if key.startswith("#")), None)
+            if anonymous is not None:
+                del runs.running[anonymous]
         runs.last_started = record["timestamp"]
         runs.last_status = record["status"]
         runs.last_error = record["error"]
@@ -426,11 +459,18 @@ class Schedule:
             runs.last_failure = record["timestamp"]
         runs.history.append({key: record.get(key) for key in (
             "run_id", "timestamp", "scheduled_for", "status", "duration_ms", "exit_code",
-            "error", "worker", "manual", "catch_up")})
+            "error", "worker", "manual", "catch_up", "attempt", "delayed_s")})
 
     def manual(self, job_id: str, now: datetime) -> Occurrence | None:
         state = self.jobs.get(job_id)
         return None if state is None else Occurrence(state.spec, now, manual=True)
+
+
+def run_limit(spec: JobSpec) -> int | None:
+    """How many runs of a job may be in flight at once (None: no limit)."""
+    if spec.policy.max_concurrent is not None:
+        return spec.policy.max_concurrent
+    return 1 if spec.overlap in ("skip", "replace") else None
 
 
 @lru_cache(maxsize=4096)
