@@ -1,10 +1,15 @@
 """Run one shell command the way the contract says, and say how it ended.
 
 ``/bin/sh -c COMMAND`` in a session (and so a process group) of its own, stdin from
-``/dev/null``, stdout and stderr combined into one pipe that is drained continuously into
-a tail buffer of ``OUTPUT_TAIL_BYTES``. A timeout or a stop request kills the whole group
-(TERM, then KILL after ``KILL_GRACE_S``), plus any descendant that left the group with
-``setsid`` but still carries this run's ``TASKD_RUN_ID``.
+``/dev/null`` (or a pipe fed with a hook's input), stdout and stderr combined into one pipe
+that is drained continuously into a tail buffer of ``OUTPUT_TAIL_BYTES``. A timeout or a
+stop request kills the whole group (TERM, then KILL after ``KILL_GRACE_S``), plus any
+descendant that left the group with ``setsid`` but still carries this run's id
+(``TASKD_EXECUTION_ID``, else ``TASKD_RUN_ID``).
+
+Input: it is written from the same loop that drains the output, never blocking, so a
+command that does not read it (or exits first) costs nothing: the rest is dropped when
+the command closes its end (EPIPE) or when the run ends.
 
 Leftover processes: when the shell exits on its own, whatever it left running in the
 background is left alone, as cron does (``sleep 30 &`` in a job is not our business once
@@ -16,8 +21,10 @@ end, so its pid stays reserved as the group id while we may still ``killpg`` it:
 ``pid_max`` as small as 32768 a reaped group id can be reused by an unrelated process.
 
 The shell is started with ``os.posix_spawn`` (a ``vfork``-style clone, about a third of
-``subprocess.Popen``'s CPU in the worker); only a run with a ``cwd`` goes through ``Popen``,
-since ``posix_spawn`` cannot change directory. ``posix_spawn`` closes nothing: every
+``subprocess.Popen``'s CPU in the worker); only a run with a ``cwd`` or with credentials
+to switch to (a job's ``user``/``group``) goes through ``Popen``, since ``posix_spawn``
+can change neither directory nor uid. (``Popen`` changes directory before it drops
+privileges: a ``cwd`` is entered with the daemon's rights.) ``posix_spawn`` closes nothing: every
 descriptor a worker inherited is made close-on-exec when it starts
 (``become_child_process``), and Python opens its own that way.
 """
@@ -33,8 +40,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from workers.run_as import Credentials
 from workers.run_processes import RUN_ID_VARIABLE, find_processes_with_env, signal_processes
 from workers.task_type import OUTPUT_TAIL_BYTES, TaskOutcome
+
+#: The run's own id, in every process it starts. ``TASKD_RUN_ID`` says the same except in a
+#: hook, where it names the run that set the hook off: the processes of a run are found by
+#: this one.
+EXECUTION_ID_VARIABLE = "TASKD_EXECUTION_ID"
 
 #: Between SIGTERM and SIGKILL to the group on a timeout.
 KILL_GRACE_S = 2.0
@@ -60,49 +73,81 @@ def run_command(
     timeout_s: float | None,
     extra_env: Mapping[str, str],
     stop_requested: Callable[[], bool],
+    stdin: bytes | None = None,
+    credentials: Credentials | None = None,
 ) -> TaskOutcome:
-    """Run ``command`` to completion; task-caused problems come back as a FAILURE."""
+    """Run ``command`` to completion; task-caused problems come back as a FAILURE.
+
+    ``extra_env`` goes over ``env``, which goes over the daemon's environment. ``stdin``:
+    what the command reads (None: ``/dev/null``). ``credentials``: switch to them in the
+    child (root only).
+    """
     try:
-        shell = start_shell(command, env={**os.environ, **env, **extra_env}, cwd=cwd)
+        shell = start_shell(command, env={**os.environ, **env, **extra_env}, cwd=cwd,
+                            stdin=stdin is not None, credentials=credentials)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
         return TaskOutcome(success=False, error=f"failed to start: {_spawn_error(exc, cwd)}")
-    watch = _Watch(shell, extra_env.get(RUN_ID_VARIABLE, ""), timeout_s, stop_requested)
+    if EXECUTION_ID_VARIABLE in extra_env:
+        tracked = (EXECUTION_ID_VARIABLE, extra_env[EXECUTION_ID_VARIABLE])
+    else:
+        tracked = (RUN_ID_VARIABLE, extra_env.get(RUN_ID_VARIABLE, ""))
+    watch = _Watch(shell, tracked, timeout_s, stop_requested, stdin or b"")
     return watch.run()
 
 
 @dataclass(frozen=True, slots=True)
 class Shell:
     """A started ``/bin/sh``: its pid (and group id), the read end of its combined
-    stdout and stderr, and how to reap it (returns its return code, -N for signal N)."""
+    stdout and stderr, the write end of its stdin (None: it reads ``/dev/null``), and
+    how to reap it (returns its return code, -N for signal N)."""
 
     pid: int
     output: int
     reap: Callable[[], int]
+    input: int | None = None
 
 
-def start_shell(command: str, *, env: Mapping[str, str], cwd: str | None) -> Shell:
-    """``/bin/sh -c command`` in a new session, stdin from ``/dev/null``."""
+def start_shell(
+    command: str,
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdin: bool = False,
+    credentials: Credentials | None = None,
+) -> Shell:
+    """``/bin/sh -c command`` in a new session, stdin from ``/dev/null`` or, with
+    ``stdin``, from a pipe whose write end the caller gets (``Shell.input``)."""
     argv = ["/bin/sh", "-c", command]
+    input_read = input_write = None
+    if stdin:
+        input_read, input_write = os.pipe()
     read_end, write_end = os.pipe()
     try:
-        if cwd is None:
+        if cwd is None and credentials is None:
+            stdin_action = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+                            if input_read is None else (os.POSIX_SPAWN_DUP2, input_read, 0))
             pid = os.posix_spawn(argv[0], argv, env, setsid=True, setsigdef=_RESET_SIGNALS,
-                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull,
-                                                os.O_RDONLY, 0),
+                                 file_actions=[stdin_action,
                                                (os.POSIX_SPAWN_DUP2, write_end, 1),
                                                (os.POSIX_SPAWN_DUP2, write_end, 2)])
             reap = _reaper(pid)
         else:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_end,
-                                    stderr=write_end, cwd=cwd, env=env,
-                                    start_new_session=True)
+            switch = credentials.popen_arguments() if credentials is not None else {}
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL if input_read is None else input_read,
+                stdout=write_end, stderr=write_end, cwd=cwd, env=env,
+                start_new_session=True, **switch)  # type: ignore[call-overload]
             pid, reap = proc.pid, proc.wait
     except BaseException:
         os.close(read_end)
+        if input_write is not None:
+            os.close(input_write)
         raise
     finally:
         os.close(write_end)
-    return Shell(pid, read_end, reap)
+        if input_read is not None:
+            os.close(input_read)  # the command's end only: EPIPE once it is closed there
+    return Shell(pid, read_end, reap, input_write)
 
 
 def _reaper(pid: int) -> Callable[[], int]:
@@ -117,12 +162,15 @@ class _Watch:
     def __init__(
         self,
         shell: Shell,
-        run_id: str,
+        tracked: tuple[str, str],
         timeout_s: float | None,
         stop_requested: Callable[[], bool],
+        stdin: bytes = b"",
     ) -> None:
         self.shell = shell
-        self.run_id = run_id
+        self.tracked = tracked  # (variable, value) that marks the run's processes
+        self.input = shell.input  # the command's stdin while there is more to write
+        self.pending = memoryview(stdin)
         self.timeout_s = timeout_s
         self.stop_requested = stop_requested
         self.started = time.monotonic()
@@ -143,6 +191,10 @@ class _Watch:
         pidfd = self.pidfd = _open_pidfd(self.shell.pid)
         if pidfd is not None:  # wakes the poll the moment the shell exits
             poller.register(pidfd, select.POLLIN)
+        if self.input is not None:
+            os.set_blocking(self.input, False)
+            if self._feed():  # mostly all of it: a pipe takes 64 KiB before it blocks
+                poller.register(self.input, select.POLLOUT)
         try:
             while True:
                 now = time.monotonic()
@@ -155,6 +207,8 @@ class _Watch:
                         poller.unregister(fd)
                     elif ready == pidfd:
                         poller.unregister(pidfd)  # level-triggered: once is enough
+                    elif ready == self.input and not self._feed():
+                        poller.unregister(ready)
         except BaseException:  # e.g. KeyboardInterrupt: do not leave the task running
             self._signal_all(signal.SIGKILL)
             self.shell.reap()
@@ -163,6 +217,7 @@ class _Watch:
             if pidfd is not None:
                 os.close(pidfd)
             os.close(fd)  # a leftover holding the pipe gets SIGPIPE/EPIPE
+            self._close_input()
         return self._outcome(self.shell.reap())  # no zombie left behind
 
     def _poll_ms(self) -> int:
@@ -183,6 +238,27 @@ class _Watch:
             return False
         self.tail.add(chunk)
         return True
+
+    def _feed(self) -> bool:
+        """Write what the stdin pipe takes now; False once it is all written or the
+        reader has gone (the input is then closed)."""
+        assert self.input is not None
+        try:
+            written = os.write(self.input, self.pending)
+        except BlockingIOError:
+            return True
+        except OSError:  # EPIPE: the command closed its stdin (or exited) unread
+            written = len(self.pending)
+        self.pending = self.pending[written:]
+        if self.pending:
+            return True
+        self._close_input()
+        return False
+
+    def _close_input(self) -> None:
+        if self.input is not None:
+            os.close(self.input)  # end of file for the command
+            self.input = None
 
     def _check_exit(self, now: float) -> None:
         if self.exited_at is None and _has_exited(self.shell.pid):
@@ -214,8 +290,9 @@ class _Watch:
             os.killpg(self.shell.pid, sig)  # start_new_session: pgid == pid
         except (ProcessLookupError, PermissionError):
             pass
-        if self.run_id:
-            signal_processes(find_processes_with_env(RUN_ID_VARIABLE, self.run_id), sig)
+        variable, value = self.tracked
+        if value:
+            signal_processes(find_processes_with_env(variable, value), sig)
 
     def _finished(self, now: float) -> bool:
         if self.exited_at is None:

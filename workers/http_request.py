@@ -6,6 +6,11 @@ smaller of the task's ``timeout_s`` and the job's ``timeout_s``: every network w
 (connect, waiting for the response, each read) has that timeout, and the body download
 stops at the deadline. ``stop_requested`` is polled before the request and between body
 chunks; a wait already in progress ends by its timeout (DNS look-ups are not bounded).
+
+A hook's input (the JSON of the record that set it off) is the request's body when the
+task has no ``body`` of its own, sent as ``Content-Type: application/json`` unless the
+task's headers name another type. The method is still the task's (default GET): a
+webhook says ``"method": "POST"``.
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ class HttpRequest(TaskType):
         if context.stop_requested():
             return TaskOutcome(False, error="shutdown")
         body = params.get("body")
+        hook_input = body is None and context.payload is not None
+        if hook_input:
+            body = context.payload
         request = urllib.request.Request(
             params["url"],
             data=None if body is None else body.encode("utf-8"),
@@ -92,6 +100,8 @@ class HttpRequest(TaskType):
         )
         for name, value in (params.get("headers") or {}).items():
             request.add_header(name, value)
+        if hook_input and not request.has_header("Content-type"):
+            request.add_header("Content-Type", "application/json")
         if not request.has_header("User-agent"):  # urllib stores names .capitalize()d
             request.add_header("User-Agent", f"taskd/{__version__}")
         request.add_header("X-Taskd-Job-Id", context.job_id)
