@@ -182,11 +182,13 @@ def test_later_queue_orders_by_instant_then_arrival_and_cancels_by_job():
     later.push(3, "b", "retry", "b3")
     later.push(3, "c", "retry", "c3")
     later.push(4, "a", "delayed", "a4")
-    assert later.time_to_next(0) == 3
+    assert later.time_to_next(0, "retry") == 3 and later.time_to_next(0, "delayed") == 4
     assert later.cancel("b", "retry") == ["b3"]
-    assert later.due(4) == [("retry", "c3"), ("delayed", "a4")]
+    assert later.due(4, "retry") == [("retry", "c3")]
+    assert later.due(4, "delayed") == [("delayed", "a4")]
     assert later.pending("a", "retry") == ["a5"] and len(later) == 1
-    assert later.due(10) == [("retry", "a5")] and later.time_to_next(10) is None
+    assert later.due(10, "retry") == [("retry", "a5")]
+    assert later.time_to_next(10, "retry") is None
 
 
 def execution(job_id, n=0, **fields):

@@ -118,15 +118,19 @@ class Dispatcher:
     # -- time ------------------------------------------------------------------------
 
     def time_to_next(self, now: datetime, lead_s: float) -> float | None:
-        to_next = self.later.time_to_next(now.timestamp() + lead_s)
-        return to_next
+        """Until ``due`` has something to do. Delayed runs go out ``lead_s`` early (the
+        worker holds them to their ``not_before``); retries at their time."""
+        now_ts = now.timestamp()
+        times = [t for t in (self.later.time_to_next(now_ts + lead_s, DELAYED),
+                             self.later.time_to_next(now_ts, RETRY)) if t is not None]
+        return min(times, default=None)
 
     def due(self, now: datetime, lead_s: float) -> None:
-        for kind, item in self.later.due(now.timestamp() + lead_s):
-            if kind == DELAYED:
-                self._admit(item, now)
-            else:
-                self._retry(item, now)
+        now_ts = now.timestamp()
+        for _, execution in self.later.due(now_ts + lead_s, DELAYED):
+            self._admit(execution, now)
+        for _, pending in self.later.due(now_ts, RETRY):
+            self._retry(pending, now)
 
     def _retry(self, pending: tuple[str, datetime, bool, int], now: datetime) -> None:
         job_id, scheduled_for, manual, attempt = pending

@@ -1,8 +1,9 @@
 """LaterQueue: items that start at a later instant, cancellable by job.
 
-Jitter delays and pending retries wait here. A heap ordered by instant, then by arrival
-(two items due together come out in the order they went in); cancelling marks the
-job's items dead and the heap drops them as they surface, so a cancel costs O(1).
+Jitter delays and pending retries wait here, each kind in a heap of its own (they are
+taken with different leads). A heap is ordered by instant, then by arrival (two items
+due together come out in the order they went in); cancelling marks the job's items
+dead and the heap drops them as they surface, so a cancel costs O(1).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class _Entry:
 
 class LaterQueue:
     def __init__(self) -> None:
-        self._heap: list[_Entry] = []
+        self._heaps: dict[str, list[_Entry]] = {}
         self._by_job: dict[tuple[str, str], list[_Entry]] = {}
         self._seq = itertools.count()
 
@@ -34,7 +35,7 @@ class LaterQueue:
 
     def push(self, at: float, job_id: str, kind: str, item: Any) -> None:
         entry = _Entry(at, next(self._seq), job_id, kind, item)
-        heapq.heappush(self._heap, entry)
+        heapq.heappush(self._heaps.setdefault(kind, []), entry)
         self._by_job.setdefault((job_id, kind), []).append(entry)
 
     def pending(self, job_id: str, kind: str) -> list[Any]:
@@ -59,11 +60,12 @@ class LaterQueue:
                 return entry.item
         return None
 
-    def due(self, now_ts: float) -> list[tuple[str, Any]]:
-        """``(kind, item)`` of everything due by ``now_ts``, in instant order."""
+    def due(self, now_ts: float, kind: str) -> list[tuple[str, Any]]:
+        """``(kind, item)`` of everything of ``kind`` due by ``now_ts``, in instant order."""
         ready: list[tuple[str, Any]] = []
-        while self._heap and (self._heap[0].at <= now_ts or not self._heap[0].live):
-            entry = heapq.heappop(self._heap)
+        heap = self._heaps.get(kind, [])
+        while heap and (heap[0].at <= now_ts or not heap[0].live):
+            entry = heapq.heappop(heap)
             if not entry.live:
                 continue
             key = (entry.job_id, entry.kind)
@@ -74,14 +76,16 @@ class LaterQueue:
             ready.append((entry.kind, entry.item))
         return ready
 
-    def time_to_next(self, now_ts: float) -> float | None:
-        while self._heap and not self._heap[0].live:
-            heapq.heappop(self._heap)
-        return None if not self._heap else max(0.0, self._heap[0].at - now_ts)
+    def time_to_next(self, now_ts: float, kind: str) -> float | None:
+        heap = self._heaps.get(kind, [])
+        while heap and not heap[0].live:
+            heapq.heappop(heap)
+        return None if not heap else max(0.0, heap[0].at - now_ts)
 
     def drain(self) -> list[tuple[str, Any]]:
         """Everything still waiting (at shutdown), in instant order."""
-        items = [(entry.kind, entry.item) for entry in sorted(self._heap) if entry.live]
-        self._heap.clear()
+        entries = sorted(entry for heap in self._heaps.values() for entry in heap)
+        items = [(entry.kind, entry.item) for entry in entries if entry.live]
+        self._heaps.clear()
         self._by_job.clear()
         return items
