@@ -320,3 +320,51 @@ def test_what_falls_during_the_shutdown_grace_is_caught_up_next_time(dirs):
     second.run_until(at(2) - timedelta(seconds=15))
     assert [(datetime.fromisoformat(e.scheduled_for).minute, e.catch_up)
             for e in second.executions] == [(1, True)]
+
+
+def test_a_retry_waiting_at_stop_runs_after_the_next_start(dirs):
+    jobs, store = dirs
+    write_job(jobs, "hourly", "0 * * * *", retry={"attempts": 3, "delay_s": 600})
+    first = Life(jobs, store, at(-1), fail={"hourly"})
+    first.run_until(at(5))  # 12:00 failed; attempt 2 is due about 12:10
+    assert [e.attempt for e in first.executions] == [1]
+    first.stop()
+    second = Life(jobs, store, at(20))
+    second.run_until(at(21))
+    assert [(e.attempt, e.scheduled_for) for e in second.executions] == [
+        (2, first.executions[0].scheduled_for)]
+    assert second.events("retry_restored")[0]["in_s"] == 0
+    second.stop()
+    third = Life(jobs, store, at(30))  # it succeeded: nothing left to retry
+    third.run_until(at(31))
+    assert third.executions == [] and third.events("retry_restored") == []
+
+
+def test_a_retry_is_cancelled_when_its_next_occurrence_came_meanwhile(dirs):
+    jobs, store = dirs
+    write_job(jobs, "hourly", "0 * * * *", retry={"attempts": 3, "delay_s": 600})
+    first = Life(jobs, store, at(-1), fail={"hourly"})
+    first.run_until(at(5))
+    first.stop(crash=True)  # the retry's mark was stored before the crash
+    second = Life(jobs, store, at(70))  # 13:00 passed while no taskd ran
+    second.run_until(at(71))
+    assert second.executions == []  # catch_up "none": 13:00 is not made up either
+    cancelled = second.events("retry_cancelled")[0]
+    assert (cancelled["attempt"], cancelled["scheduled_for"]) == (2, at(0).replace(
+        microsecond=0).isoformat())
+    second.stop()
+    assert SQLiteStore(str(store)).load_memory().pending_retries == []
+
+
+def test_a_retry_of_a_job_that_lost_its_retry_key_is_forgotten(dirs):
+    jobs, store = dirs
+    write_job(jobs, "hourly", "0 * * * *", retry={"attempts": 3, "delay_s": 600})
+    first = Life(jobs, store, at(-1), fail={"hourly"})
+    first.run_until(at(5))
+    first.stop()
+    write_job(jobs, "hourly", "0 * * * *")
+    second = Life(jobs, store, at(20))
+    second.run_until(at(21))
+    assert second.executions == []
+    second.stop()
+    assert SQLiteStore(str(store)).load_memory().pending_retries == []

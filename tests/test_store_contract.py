@@ -205,3 +205,17 @@ def test_prune_forgets_one_time_instants_older_than_the_history(store):
                       "scheduled_for": datetime.fromtimestamp(at, UTC).isoformat()}])
     assert store.prune(now=now, max_age_s=600, per_job=4, budget=100) == 1
     assert store.load_memory().one_time_done == {("recent", now - 10)}
+
+
+def test_pending_retries_one_per_job_until_done(store):
+    retry = {"mark": "retry", "job_id": "a", "scheduled_for": "2026-11-26T12:00:00+00:00",
+             "attempt": 2, "due_at": 1000.5, "manual": False}
+    store.apply([retry, {**retry, "job_id": "b", "due_at": 900.0, "manual": True},
+                 {**retry, "attempt": 3, "due_at": 1100.0}])  # a's newer one replaces it
+    fields = {key: value for key, value in retry.items() if key != "mark"}
+    assert store.load_memory().pending_retries == [
+        {**fields, "job_id": "b", "due_at": 900.0, "manual": True},
+        {**fields, "attempt": 3, "due_at": 1100.0}]
+    store.apply([{"mark": "retry_done", "job_id": "b"},
+                 {"mark": "retry_done", "job_id": "never-had-one"}])
+    assert [r["job_id"] for r in store.load_memory().pending_retries] == ["a"]

@@ -29,14 +29,20 @@ SAMPLES: dict[int, list[str]] = {
         "INSERT INTO one_time_done (job_id, at) VALUES ('once', 1795694400.0)",
         "INSERT INTO daemon (key, value) VALUES ('last_alive', 1795694500.0)",
     ],
+    2: [
+        "INSERT INTO pending_retries (job_id, scheduled_for, attempt, due_at, manual) "
+        "VALUES ('backup', '2026-11-26T12:00:00+00:00', 2, 1795694410.0, 0)",
+    ],
 }
 
 
 def build(path, version: int) -> None:
+    """A store at ``version`` holding each version's sample, written as it was reached."""
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        migrations.upgrade(db, str(path), target=version)
-        for statement in SAMPLES.get(version, []):
-            db.execute(statement)
+        for step in range(version + 1):
+            migrations.upgrade(db, str(path), target=step)
+            for statement in SAMPLES.get(step, []):
+                db.execute(statement)
 
 
 @pytest.mark.parametrize("version", range(migrations.CURRENT))
@@ -54,6 +60,8 @@ def test_a_store_of_every_earlier_version_is_upgraded(tmp_path, version):
             assert memory.one_time_done == {("once", 1795694400.0)}
             assert memory.last_alive == 1795694500.0
             assert [r["run_id"] for r in store.history(HistoryQuery())] == ["r1"]
+        if version >= 2:
+            assert [r["attempt"] for r in memory.pending_retries] == [2]
     finally:
         store.close()
 
@@ -65,7 +73,9 @@ def test_a_store_at_the_current_version_opens_with_nothing_to_do(tmp_path):
         assert migrations.upgrade(db, str(path)) == migrations.CURRENT  # no step ran
     store = SQLiteStore(str(path), read_only=True)
     try:
-        assert store.load_memory().jobs["backup"].last_status == "FAILURE"
+        memory = store.load_memory()
+        assert memory.jobs["backup"].last_status == "FAILURE"
+        assert memory.pending_retries[0]["due_at"] == 1795694410.0
     finally:
         store.close()
 

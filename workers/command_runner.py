@@ -41,13 +41,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from workers.run_as import Credentials
-from workers.run_processes import RUN_ID_VARIABLE, find_processes_with_env, signal_processes
+from workers.run_processes import (
+    EXECUTION_ID_VARIABLE,
+    RUN_ID_VARIABLE,
+    find_processes_with_env,
+    signal_processes,
+)
 from workers.task_type import OUTPUT_TAIL_BYTES, TaskOutcome
-
-#: The run's own id, in every process it starts. ``TASKD_RUN_ID`` says the same except in a
-#: hook, where it names the run that set the hook off: the processes of a run are found by
-#: this one.
-EXECUTION_ID_VARIABLE = "TASKD_EXECUTION_ID"
 
 #: Between SIGTERM and SIGKILL to the group on a timeout.
 KILL_GRACE_S = 2.0

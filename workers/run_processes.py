@@ -1,9 +1,10 @@
 """Finding the processes that belong to one run, wherever they went.
 
-Every process a run starts carries ``TASKD_RUN_ID`` in its environment, so it can be
-found even after it left the run's process group (``setsid``, a daemonizing script),
-and even by a process other than the worker that started it (the coordinator, when
-that worker was lost).
+Every process a run starts carries ``TASKD_EXECUTION_ID`` (the run's own id; in a hook
+``TASKD_RUN_ID`` names the run that set it off) in its environment, so it can be found
+even after it left the run's process group (``setsid``, a daemonizing script), and even
+by a process other than the worker that started it (the coordinator, when that worker
+was lost).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 
 RUN_ID_VARIABLE = "TASKD_RUN_ID"
+EXECUTION_ID_VARIABLE = "TASKD_EXECUTION_ID"
 
 
 def find_processes_with_env(name: str, value: str) -> list[int]:
@@ -49,6 +51,6 @@ def signal_processes(pids: list[int], sig: signal.Signals) -> None:
 
 def kill_run_processes(run_id: str) -> list[int]:
     """SIGKILL every process still carrying this run's id; the pids signalled."""
-    pids = find_processes_with_env(RUN_ID_VARIABLE, run_id)
+    pids = find_processes_with_env(EXECUTION_ID_VARIABLE, run_id)
     signal_processes(pids, signal.SIGKILL)
     return pids

@@ -41,6 +41,7 @@ class Dispatcher:
                  stop_run: Callable[[str, str], bool],
                  emit: Callable[[dict[str, Any]], None],
                  account: Callable[[dict[str, Any]], None] = lambda event: None,
+                 remember: Callable[[dict[str, Any]], None] | None = None,
                  default_on_failure: HookTask | None = None, host: str | None = None,
                  rng: random.Random | None = None) -> None:
         self.schedule = schedule
@@ -48,6 +49,8 @@ class Dispatcher:
         self._stop_run = stop_run  # stop a run a worker holds: False if it has none
         self._emit = emit  # diagnostics
         self._account = account  # a skipped occurrence, for the state store
+        # Pending retries for the state store (None: no store, they live in memory only).
+        self._remember = remember
         self.default_on_failure = default_on_failure
         self.host = host
         self.rng = rng or random.Random()
@@ -137,16 +140,57 @@ class Dispatcher:
         state = self.schedule.jobs.get(job_id)
         if state is None or self.stopping:
             return  # the job went away meanwhile
+        self._forget_retry(job_id)
         self.offer(Occurrence(state.spec, scheduled_for, manual=manual, attempt=attempt), now)
 
     def _cancel_retries(self, job_id: str, superseded_by: datetime) -> None:
         for _, scheduled_for, _, attempt in self.later.cancel(job_id, RETRY):
+            self._forget_retry(job_id)
+            self._retry_cancelled(job_id, scheduled_for, attempt, superseded_by)
+
+    def _retry_cancelled(self, job_id: str, scheduled_for: datetime, attempt: int,
+                         superseded_by: datetime) -> None:
+        state = self.schedule.jobs.get(job_id)
+        self._emit({"event": "retry_cancelled", "level": "info", "job_id": job_id,
+                    "file": state.spec.file if state else None,
+                    "scheduled_for": scheduled_for.isoformat(), "attempt": attempt,
+                    "reason": f"the next occurrence ({superseded_by.isoformat()}) "
+                              f"came due first"})
+
+    def _keep_retry(self, job_id: str, scheduled_for: datetime, manual: bool, attempt: int,
+                    due_at: float) -> None:
+        if self._remember is not None:
+            self._remember({"mark": "retry", "job_id": job_id,
+                            "scheduled_for": scheduled_for.isoformat(), "attempt": attempt,
+                            "due_at": due_at, "manual": manual})
+
+    def _forget_retry(self, job_id: str) -> None:
+        if self._remember is not None:
+            self._remember({"mark": "retry_done", "job_id": job_id})
+
+    def restore(self, pending: list[dict[str, Any]], now: datetime) -> None:
+        """Retries an earlier daemon left waiting (from the state store): each runs at its
+        time, or at once if that passed, unless its job is gone, has no retry any more, or
+        its next occurrence came meanwhile (that occurrence is catch-up's to decide)."""
+        for item in pending:
+            job_id = item["job_id"]
+            scheduled_for = datetime.fromisoformat(item["scheduled_for"])
             state = self.schedule.jobs.get(job_id)
-            self._emit({"event": "retry_cancelled", "level": "info", "job_id": job_id,
-                        "file": state.spec.file if state else None,
-                        "scheduled_for": scheduled_for.isoformat(), "attempt": attempt,
-                        "reason": f"the next occurrence ({superseded_by.isoformat()}) "
-                                  f"came due first"})
+            superseded = None
+            if state is not None and not item["manual"]:
+                following = state.spec.trigger.next_after(scheduled_for)
+                superseded = following if following is not None and following <= now else None
+            if state is None or state.spec.policy.retry is None or superseded is not None:
+                self._forget_retry(job_id)
+                if superseded is not None:
+                    self._retry_cancelled(job_id, scheduled_for, item["attempt"], superseded)
+                continue
+            self.later.push(max(item["due_at"], now.timestamp()), job_id, RETRY,
+                            (job_id, scheduled_for, item["manual"], item["attempt"]))
+            self._emit({"event": "retry_restored", "level": "info", "job_id": job_id,
+                        "file": state.spec.file, "scheduled_for": item["scheduled_for"],
+                        "attempt": item["attempt"],
+                        "in_s": round(max(0.0, item["due_at"] - now.timestamp()), 3)})
 
     # -- runs out --------------------------------------------------------------------
 
@@ -175,18 +219,23 @@ class Dispatcher:
         if state is None:
             return  # removed while it ran: no retry, no hooks
         spec = state.spec
-        attempt = None if self.stopping else next_attempt(spec.policy.retry, record)
+        attempt = next_attempt(spec.policy.retry, record)
         if attempt is not None:
             assert spec.policy.retry is not None
             delay = retry_delay(spec.policy.retry, attempt, self.rng)
             scheduled_for = datetime.fromisoformat(record["scheduled_for"])
-            self.later.push(now.timestamp() + delay, spec.job_id, RETRY,
-                            (spec.job_id, scheduled_for, bool(record.get("manual")), attempt))
+            manual = bool(record.get("manual"))
+            due_at = now.timestamp() + delay
+            self._keep_retry(spec.job_id, scheduled_for, manual, attempt, due_at)
+            if not self.stopping:
+                self.later.push(due_at, spec.job_id, RETRY,
+                                (spec.job_id, scheduled_for, manual, attempt))
             self._emit({"event": "retry_scheduled", "level": "info", "job_id": spec.job_id,
                         "file": spec.file, "run_id": record["run_id"],
                         "scheduled_for": record["scheduled_for"], "attempt": attempt,
                         "of": spec.policy.retry.attempts, "in_s": round(delay, 3),
-                        "error": record.get("error")})
+                        "error": record.get("error"),
+                        **({"after": "the next start"} if self.stopping else {})})
         if self.stopping:
             return  # workers are leaving: a hook would only be recorded "shutdown"
         for hook in hooks_for(record, spec, previous_status=previous_status,
@@ -196,7 +245,8 @@ class Dispatcher:
             self._hand_out(hook_execution(hook, record, spec, own=own))
 
     def job_removed(self, job_id: str) -> None:
-        self.later.cancel(job_id, RETRY)
+        if self.later.cancel(job_id, RETRY):
+            self._forget_retry(job_id)
 
     def take_records(self) -> list[dict[str, Any]]:
         records, self._records = self._records, []
@@ -211,11 +261,14 @@ class Dispatcher:
             if kind == DELAYED:
                 records.append(failure_record(item, started=now, finished=now, worker=0,
                                               error=error))
-            else:
+            else:  # kept in the store for the next start, or lost with this daemon
                 job_id, scheduled_for, _, attempt = item
-                self._emit({"event": "retry_dropped", "level": "warning", "job_id": job_id,
+                kept = self._remember is not None
+                self._emit({"event": "retry_kept" if kept else "retry_dropped",
+                            "level": "info" if kept else "warning", "job_id": job_id,
                             "scheduled_for": scheduled_for.isoformat(), "attempt": attempt,
-                            "reason": "taskd is stopping"})
+                            "reason": "runs after the next start" if kept else
+                            "taskd is stopping and has no state dir"})
         records += [failure_record(execution, started=now, finished=now, worker=0,
                                    error=error) for execution in self.groups.drain()]
         for event in self.streaks.close_all():

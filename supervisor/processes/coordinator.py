@@ -130,6 +130,8 @@ class Coordinator:
         self.dispatcher = Dispatcher(self.schedule, hand_out=self._hand_out,
                                      stop_run=self._stop_run, emit=self.emit,
                                      account=self._account_skipped,
+                                     remember=self.logger.mark if memory is not None
+                                     else None,
                                      default_on_failure=options.on_failure)
 
     # -- start-up --------------------------------------------------------------------
@@ -152,6 +154,8 @@ class Coordinator:
             # Every file is new: the stamps come from reading them (see jobdir.UNSTAMPED).
             self._apply(self.reconciler.full(snapshot(self.options.jobs_dir, stamped=False)))
         self.schedule.catching_up = False
+        if self.memory is not None:
+            self.dispatcher.restore(self.memory.pending_retries, self.clock.now())
         self._run_at_start()
         self._seed_metrics()
         self.memory = None  # read once: the schedule keeps what it needs

@@ -11,7 +11,10 @@ be replayed to a replacement logger unchanged:
 - ``{"mark": "known", "job_ids": [...], "at"}``: jobs that catch up were loaded (the
   occurrences they can catch up on start here);
 - ``{"mark": "alive", "at"}``: the daemon was running at ``at``;
-- ``{"mark": "paused", "job_id", "paused"}``: ``taskd pause`` / ``taskd resume``.
+- ``{"mark": "paused", "job_id", "paused"}``: ``taskd pause`` / ``taskd resume``;
+- ``{"mark": "retry", "job_id", "scheduled_for", "attempt", "due_at", "manual"}``: a
+  retry waits (one per job: a newer one replaces it);
+- ``{"mark": "retry_done", "job_id"}``: it ran, or was cancelled.
 
 An implementation applies a batch of items in one transaction, in order. It reads back a
 ``Memory`` when a daemon starts, and history for ``taskd history``.
@@ -56,6 +59,8 @@ class Memory:
     last_alive: float | None = None  # epoch: the previous daemon was running then
     # Handed to a worker by an earlier daemon, never recorded: it died with them.
     unfinished: list[dict[str, Any]] = field(default_factory=list)
+    # Retries an earlier daemon had waiting: the "retry" marks' fields.
+    pending_retries: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

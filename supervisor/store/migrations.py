@@ -58,6 +58,17 @@ STEPS: list[str] = [
     ) WITHOUT ROWID;
     CREATE TABLE daemon (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     """,
+    # 2: retries waiting (job key retry), so a run stopped by a shutdown is retried
+    # after the next start.
+    """
+    CREATE TABLE pending_retries (
+        job_id TEXT PRIMARY KEY,        -- at most one per job: its latest failed run's
+        scheduled_for TEXT NOT NULL,
+        attempt INTEGER NOT NULL,       -- the attempt to run
+        due_at REAL NOT NULL,           -- epoch seconds
+        manual INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 CURRENT = len(STEPS)
 _MARKER = "taskd_schema"  # the version table's name: also how a store is told apart

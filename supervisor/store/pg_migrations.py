@@ -65,6 +65,16 @@ STEPS: list[str] = [
     );
     CREATE TABLE taskd_daemon (key TEXT PRIMARY KEY, value DOUBLE PRECISION);
     """,
+    # 2: retries waiting (the SQLite schema 2).
+    """
+    CREATE TABLE taskd_pending_retries (
+        job_id TEXT PRIMARY KEY,
+        scheduled_for TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        due_at DOUBLE PRECISION NOT NULL,
+        manual BOOLEAN NOT NULL
+    );
+    """,
 ]
 CURRENT = len(STEPS)
 _MARKER = "taskd_schema"  # the version table: also how a taskd store is told apart

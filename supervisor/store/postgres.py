@@ -98,6 +98,12 @@ class PostgresStore(StateStore):
                 for run_id, job_id, scheduled, at, manual in db.execute(
                     "SELECT run_id, job_id, scheduled_for, dispatched_at, manual "
                     "FROM taskd_unfinished ORDER BY dispatched_at")]
+            memory.pending_retries = [
+                {"job_id": job_id, "scheduled_for": scheduled, "attempt": attempt,
+                 "due_at": due_at, "manual": manual}
+                for job_id, scheduled, attempt, due_at, manual in db.execute(
+                    "SELECT job_id, scheduled_for, attempt, due_at, manual "
+                    "FROM taskd_pending_retries ORDER BY due_at")]
         return memory
 
     def history(self, query: HistoryQuery) -> list[dict[str, Any]]:
@@ -300,8 +306,26 @@ def _paused(mark: dict[str, Any]) -> list[Statement]:
     return [(_PAUSED, {"job_id": mark["job_id"], "paused": bool(mark["paused"])})]
 
 
+_RETRY = (
+    "INSERT INTO taskd_pending_retries (job_id, scheduled_for, attempt, due_at, manual) "
+    "VALUES (%(job_id)s, %(scheduled_for)s, %(attempt)s, %(due_at)s, %(manual)s) "
+    "ON CONFLICT (job_id) DO UPDATE SET scheduled_for = excluded.scheduled_for, "
+    "attempt = excluded.attempt, due_at = excluded.due_at, manual = excluded.manual")
+_RETRY_DONE = "DELETE FROM taskd_pending_retries WHERE job_id = %(job_id)s"
+
+
+def _retry(mark: dict[str, Any]) -> list[Statement]:
+    return [(_RETRY, {"job_id": mark["job_id"], "scheduled_for": mark["scheduled_for"],
+                      "attempt": mark["attempt"], "due_at": mark["due_at"],
+                      "manual": bool(mark.get("manual"))})]
+
+
+def _retry_done(mark: dict[str, Any]) -> list[Statement]:
+    return [(_RETRY_DONE, {"job_id": mark["job_id"]})]
+
+
 _MARKS = {"dispatched": _dispatched, "missed": _occurrence_done, "known": _known,
-          "alive": _alive, "paused": _paused}
+          "alive": _alive, "paused": _paused, "retry": _retry, "retry_done": _retry_done}
 
 
 def _delete_executions(db: psycopg.Connection, which: str, params: dict[str, Any]) -> int:

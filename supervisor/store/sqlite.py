@@ -77,6 +77,12 @@ class SQLiteStore(StateStore):
                 for run_id, job_id, scheduled, at, manual in self._db.execute(
                     "SELECT run_id, job_id, scheduled_for, dispatched_at, manual "
                     "FROM unfinished ORDER BY dispatched_at")]
+            memory.pending_retries = [
+                {"job_id": job_id, "scheduled_for": scheduled, "attempt": attempt,
+                 "due_at": due_at, "manual": bool(manual)}
+                for job_id, scheduled, attempt, due_at, manual in self._db.execute(
+                    "SELECT job_id, scheduled_for, attempt, due_at, manual "
+                    "FROM pending_retries ORDER BY due_at")]
         return memory
 
     def history(self, query: HistoryQuery) -> list[dict[str, Any]]:
@@ -227,8 +233,19 @@ def _paused(db: sqlite3.Connection, mark: dict[str, Any]) -> None:
                (int(bool(mark["paused"])), mark["job_id"]))
 
 
+def _retry(db: sqlite3.Connection, mark: dict[str, Any]) -> None:
+    db.execute("INSERT OR REPLACE INTO pending_retries (job_id, scheduled_for, attempt, "
+               "due_at, manual) VALUES (?, ?, ?, ?, ?)",
+               (mark["job_id"], mark["scheduled_for"], mark["attempt"], mark["due_at"],
+                int(bool(mark.get("manual")))))
+
+
+def _retry_done(db: sqlite3.Connection, mark: dict[str, Any]) -> None:
+    db.execute("DELETE FROM pending_retries WHERE job_id = ?", (mark["job_id"],))
+
+
 _MARKS = {"dispatched": _dispatched, "missed": _missed, "known": _known, "alive": _alive,
-          "paused": _paused}
+          "paused": _paused, "retry": _retry, "retry_done": _retry_done}
 
 
 def _ensure_job(db: sqlite3.Connection, job_id: str) -> None:
