@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from workers.env_file import EnvFileError, check_env_file_path
 from workers.params import is_unicode, show
+from workers.run_as import AccountError, check_can_switch, resolve_account
 
 HOOK_KEYS = ("on_failure", "on_success", "on_recovery", "on_give_up")
 RETRY_KEYS = ("attempts", "delay_s", "backoff", "max_delay_s", "on_lost")
@@ -124,8 +126,8 @@ def parse_jitter(document: dict[str, Any]) -> tuple[float, bool]:
 
 
 def parse_account(document: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``user`` and ``group``: their form only; whether they exist and whether this
-    daemon may switch to them is the job parser's question (see workers.run_as)."""
+    """``user`` and ``group``: names this daemon may run a command as, that exist now
+    (they are looked up again at each run: an account removed later fails that run)."""
     user, group = document.get("user"), document.get("group")
     if user is not None and (not isinstance(user, str) or not _ACCOUNT_NAME.fullmatch(user)):
         raise PolicyError(f"user: must be an account name, got {show(user)}")
@@ -135,6 +137,12 @@ def parse_account(document: dict[str, Any]) -> tuple[str | None, str | None]:
             raise PolicyError(f"group: must be a group name, got {show(group)}")
         if user is None:
             raise PolicyError("group: needs user (the account the command runs as)")
+    if user is not None:
+        try:
+            check_can_switch(user, group)
+            resolve_account(user, group)
+        except AccountError as error:
+            raise PolicyError(str(error)) from None
     return user, group
 
 
@@ -142,12 +150,12 @@ def parse_env_file(value: Any) -> str | None:
     """``env_file``: a path (``-`` first: ignored when missing, as systemd does)."""
     if value is None:
         return None
-    if (not isinstance(value, str) or not value.lstrip("-") or "\0" in value
-            or not is_unicode(value)):
-        raise PolicyError(f"env_file: must be a file path, got {show(value)}")
-    if not value.lstrip("-").startswith("/"):
-        raise PolicyError(f"env_file {show(value)}: must be an absolute path (the daemon's "
-                          f"working directory is not the job file's)")
+    if not isinstance(value, str) or "\0" in value or not is_unicode(value):
+        raise PolicyError(f"env_file: must be a path, got {show(value)}")
+    try:
+        check_env_file_path(value)  # the file itself is read at each run
+    except EnvFileError as error:
+        raise PolicyError(str(error)) from None
     return value
 
 
