@@ -4,8 +4,10 @@ Its channel to the coordinator is a private duplex pipe (never a queue shared wi
 workers: a process killed while holding a shared queue's lock hangs every other user of
 it). Messages, JSON both ways:
 
-- coordinator → worker: ``{"run": <Execution message>}``, or ``{"stop": true}`` (leave
-  once idle; a run not started yet is dropped and recorded ``shutdown``)
+- coordinator → worker: ``{"run": <Execution message>}``, ``{"stop": true}`` (leave
+  once idle; a run not started yet is dropped and recorded ``shutdown``), or
+  ``{"cancel": run_id, "error": phrase}`` (stop that run and record FAILURE ``phrase``;
+  a cancel that finds its run over, or never started, changes nothing)
 - worker → coordinator: ``{"heartbeat": run_id}`` every second while the run lasts,
   then ``{"result": <execution record>}``. Nothing is sent as the run starts: the
   message would wake the coordinator, which then takes the CPU from the run's start
@@ -23,20 +25,29 @@ worker's parent is the fork server, which lives as long as any worker does.)
 
 SIGTERM while idle ends the worker at once; while busy it asks the running task to stop
 (the task kills its process group and the record says ``shutdown``), reports, and ends.
+
+A cancel stops one run the same way, through ``stop_requested``, and the worker stays.
+The task reads the channel itself each time it asks (the command runner does at least
+every 0.1 s), so a cancel is seen at its next check, not at the next heartbeat. Whether
+the run was cancelled is decided on the main thread: only a task that was told (its
+``stop_requested`` answered True for the cancel) and did not succeed is recorded with the
+cancel's error; a run that ended first keeps its own outcome, so there is one record.
 """
 
 from __future__ import annotations
 
+import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
 from supervisor.processes.channel import receive_message, send_message
 from workers.child_process import become_child_process
-from workers.execution import Execution, execution_record, failure_record
+from workers.execution import FAILURE, Execution, execution_record, failure_record
 from workers.task_type import RunContext, TaskOutcome, task_type_named
 
 # How often a busy worker tells the coordinator it is alive; the coordinator replaces a
@@ -73,11 +84,18 @@ class _Link:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._send_lock = threading.Lock()
-        # Whoever reads holds this. The main thread reads while idle or holding a run;
-        # the heartbeat thread only during a run, when the coordinator sends nothing but
-        # "stop" (a next run comes only after this run's result).
+        # Whoever reads holds this. The main thread reads while idle or holding a run
+        # (and, during a run, in the task's stop checks); the heartbeat thread only
+        # during a run, when the coordinator sends nothing but "stop" and "cancel" (a
+        # next run comes only after this run's result).
         self.reading = threading.Lock()
         self.leave_when_idle = False  # the coordinator said stop while a run lasted
+        # The run this worker holds or runs (set by the main thread), and the error of
+        # the coordinator's cancel of it, whichever thread read that.
+        self.run_id: str | None = None
+        self.cancel_error: str | None = None
+        self._readable = select.poll()  # a cheap "anything there?" for the task's checks
+        self._readable.register(conn.fileno(), select.POLLIN)
 
     def send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
@@ -87,7 +105,57 @@ class _Link:
         message = receive_message(self.conn)
         if message.get("stop"):
             self.leave_when_idle = True
+        elif (self.run_id is not None and message.get("cancel") == self.run_id
+              and self.cancel_error is None):
+            self.cancel_error = str(message.get("error") or "cancelled")
         return message
+
+    def take_run(self, run_id: str | None) -> None:
+        """The main thread, while nobody else reads: from now on a cancel naming
+        ``run_id`` applies (None: no run, a late cancel finds nothing)."""
+        self.run_id = run_id
+        self.cancel_error = None
+
+    def anything_waiting(self) -> bool:
+        return bool(self._readable.poll(0))
+
+
+class _RunStop:
+    """A run's ``stop_requested``: a shutdown (SIGTERM, coordinator gone) or a cancel of
+    this run. Called by the task on the main thread; each call also reads what the
+    channel holds, without waiting. The first reason it answered True for sticks."""
+
+    def __init__(self, link: _Link, stop: _StopFlag) -> None:
+        self.link = link
+        self.stop = stop
+        self.told = False
+        self.cancel_error: str | None = None  # set once the task was told of a cancel
+
+    def __call__(self) -> bool:
+        if not self.told:
+            self._read_waiting()
+            if self.link.cancel_error is not None:
+                self.told, self.cancel_error = True, self.link.cancel_error
+            elif self.stop.requested:
+                self.told = True
+        return self.told
+
+    def _read_waiting(self) -> None:
+        if not self.link.reading.acquire(blocking=False):
+            return  # the heartbeat thread is reading: the next check sees what it read
+        try:
+            while self.link.anything_waiting():
+                self.link.receive()
+        except (OSError, EOFError):
+            self.stop.requested = True  # the coordinator is gone, as the heartbeat says
+        finally:
+            self.link.reading.release()
+
+    def settle(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The run's record, with the cancel's error if the cancel is what stopped it."""
+        if self.cancel_error is None or record["status"] != FAILURE:
+            return record
+        return {**record, "error": self.cancel_error}
 
 
 class _Heartbeat:
@@ -125,7 +193,8 @@ class _Heartbeat:
             with self.link.reading:
                 if self.run_id != run_id:
                     return  # the run ended meanwhile: the main thread reads now
-                # A "stop" means leave after the run; end of stream, the coordinator died.
+                # A "stop" means leave after the run, a "cancel" is for the task's next
+                # check; end of stream, the coordinator died.
                 if self.link.conn.poll(0):
                     self.link.receive()
             self.link.send({"heartbeat": run_id})
@@ -146,20 +215,25 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
         except (EOFError, OSError):
             return  # the coordinator is gone or closed our channel
         if "run" not in message:
-            continue  # "stop": the loop condition ends it
+            continue  # "stop": the loop condition ends it; a late "cancel": nothing
         execution = Execution.from_message(message["run"])
+        link.take_run(execution.run_id)
         stop.busy = True
         try:
             with link.reading:
                 on_time = _hold_until_instant(link, execution, stop)
             if on_time:
+                run_stop = _RunStop(link, stop)
                 heartbeat.run_id = execution.run_id
-                record = run_execution(execution, worker_id, stop)
+                record = run_execution(execution, worker_id, run_stop)
                 heartbeat.run_ended()
+                record = run_stop.settle(record)
             else:
                 now = datetime.now(UTC)
                 record = failure_record(execution, started=now, finished=now,
-                                        worker=worker_id, error="shutdown")
+                                        worker=worker_id,
+                                        error=link.cancel_error or "shutdown")
+            link.take_run(None)  # the heartbeat thread no longer reads: only we do
             link.send({"result": record})
         except OSError:
             return
@@ -167,7 +241,8 @@ def worker_main(conn: Connection, worker_id: int, coordinator_pid: int) -> None:
 
 
 def _hold_until_instant(link: _Link, execution: Execution, stop: _StopFlag) -> bool:
-    """Wait for the run's instant; False if told to stop (or orphaned) before it came."""
+    """Wait for the run's instant; False if told to stop, cancelled (``link.cancel_error``)
+    or orphaned before it came."""
     hold_until = time.time() + MAX_HOLD_S
     due = min(execution.not_before(), hold_until)
     while not stop.requested:
@@ -181,14 +256,16 @@ def _hold_until_instant(link: _Link, execution: Execution, stop: _StopFlag) -> b
             continue
         try:
             if link.conn.poll(left - _PRECISE_SLEEP_S / 2):
-                link.receive()  # "stop" before the instant: the run is not started
-                return False
+                link.receive()
+                if link.leave_when_idle or link.cancel_error is not None:
+                    return False  # stopped or cancelled before the instant: not started
         except (OSError, EOFError):
             return False
     return False
 
 
-def run_execution(execution: Execution, worker_id: int, stop: _StopFlag) -> dict[str, Any]:
+def run_execution(execution: Execution, worker_id: int,
+                  stop: Callable[[], bool]) -> dict[str, Any]:
     """Run one execution; whatever the task does, produce its record."""
     started = datetime.now(UTC)
     context = RunContext(

@@ -20,6 +20,19 @@ class ExecutionQueue(Protocol):
     def depth(self) -> int:
         """Executions waiting for a worker."""
 
+    def cancel(self, run_id: str, error: str) -> bool:
+        """Stop that execution wherever it is; False if no such run is waiting or running.
+
+        Still waiting: dropped, never run; its record (FAILURE ``error``, started and
+        finished now, worker 0) comes back from the next ``service``. Handed out and not
+        started yet: never started, recorded FAILURE ``error``. Running: stopped as a
+        shutdown stops it (TERM to its process group and its ``TASKD_RUN_ID``
+        descendants, KILL after the stop grace), recorded FAILURE ``error`` with its exit
+        code and output; the worker stays and takes the next run. A run that ends on its
+        own before its task sees the cancel keeps its own record. Either way the record
+        comes from ``service``, exactly one per run.
+        """
+
     def wait_objects(self) -> list[Any]:
         """What the coordinator's loop waits on for this queue (fds, sentinels)."""
 

@@ -13,6 +13,10 @@ one system call for the whole pool, not two per worker). Worker death, however i
 of stream; the worker is replaced and the execution it held is recorded FAILURE
 ``worker lost``: never re-run, a command may have had side effects. The processes left
 behind by the lost run are found by their ``TASKD_RUN_ID`` and killed.
+
+``cancel`` stops one execution wherever it is: one still waiting here is dropped and
+recorded at once; one a worker holds is the worker's to stop, and to record, so each run
+still has exactly one record (see ``workers.worker_main``).
 """
 
 from __future__ import annotations
@@ -96,6 +100,22 @@ class WorkerPool:
 
     def depth(self) -> int:
         return len(self.pending)
+
+    def cancel(self, run_id: str, error: str) -> bool:
+        for index, execution in enumerate(self.pending):
+            if execution.run_id == run_id:  # never handed out: it never runs
+                del self.pending[index]
+                now = datetime.now(UTC)
+                self._finished.append(failure_record(execution, started=now, finished=now,
+                                                     worker=0, error=error))
+                return True
+        for slot in self.slots:
+            if (slot.execution is not None and slot.execution.run_id == run_id
+                    and slot.channel is not None):
+                # Its result may be on the way already: then the worker ignores this.
+                slot.channel.send({"cancel": run_id, "error": error})
+                return True
+        return False
 
     def wait_objects(self) -> list[Any]:
         objects: list[Any] = [self._readiness]
