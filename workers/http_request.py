@@ -50,7 +50,7 @@ class HttpRequest(TaskType):
             raise TaskParamsError("url: required key is missing")
         url = _url(params["url"])
         method = params.get("method", "GET")
-        if not isinstance(method, str) or method.upper() not in METHODS:
+        if not isinstance(method, str) or not method.isascii() or method.upper() not in METHODS:
             raise TaskParamsError(
                 f"method: must be one of {', '.join(METHODS)}, got {show(method)}"
             )
