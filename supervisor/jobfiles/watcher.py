@@ -24,11 +24,25 @@ deleted, a ``moved`` event's old name      or its name about to be reused (vim r
                                            the original away, then writes it anew)
 =========================================  ==============================================
 
-A path that settles (no close seen) while its file is empty is given more time, up to
-``EMPTY_WAIT_S`` (1 s) from its first event: a writer can be descheduled between creating
-a file and writing it (``cat > x.json``, ``Path.write_text`` on a loaded machine), and
-an empty file read then is not a mistake to report. An empty file that stays empty, or
+A path that settles (no close seen) while its file is empty, or while it is a symlink to
+nothing, is given more time, up to ``EMPTY_WAIT_S`` (1 s) from its first event: a writer
+can be descheduled between creating a file and writing it (``cat > x.json``,
+``Path.write_text`` on a loaded machine), a link can be made before its target, and a
+ConfigMap key's link dangles between the kubelet's swap of ``..data`` and the link's own
+removal; none of those, read then, is a mistake to report. One that stays that way, or
 is closed empty, is handed over as any other.
+
+Symlinked job files (a Kubernetes ConfigMap volume, links to ``/etc/taskd/real/``): an
+event on anything such a file is read through, a link on the way (``..data``), a
+directory on the way or the target itself, is an event on the job file, which then
+settles (``settle_s``, or ``closed_s`` after a close). The kubelet's update is a rename
+of a new ``..data`` over the old one, so every job file read through ``..data`` is
+handed over within ``settle_s``, and no other file is. What each job file is read
+through comes from ``link_targets.resolve``: for every symlinked job file at start, at
+each safety-net rescan and after lost events, and for each job file handed over that was
+a link or whose name an event made (a file written and closed in place is no link and
+costs nothing). The directories outside the jobs directory that hold links or targets
+(``/etc/taskd/real/``, the timestamped directory) are watched as well (``TargetWatches``).
 
 A later event on a path replaces its deadline, in either direction: an editor's save
 (created, modified, closed) is handed over once, at its close; a ``modified`` after the
@@ -70,6 +84,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from supervisor.jobfiles.jobdir import is_job_file_name
+from supervisor.jobfiles.link_targets import LinkIndex, LinkReader, TargetWatches, resolve
+
 # Opened / closed-without-writing events are left out: reading a job file (which the
 # daemon does after every change) must not look like a change.
 _EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
@@ -101,6 +118,13 @@ class DirectoryWatcher:
         self._rescan_needed = False
         self._watch_lost = False
         self._parents = frozenset({_normalized(directory)})
+        self._real = _normalized(directory)  # what is watched: the directory's real path
+        # Guarded by _lock (the observer threads look up, the coordinator stores).
+        self._links = LinkIndex()
+        self._targets = TargetWatches(self.on_target_event, event_filter=_EVENT_FILTER,
+                                      poll_interval_s=poll_interval_s)
+        self._unwatched_targets: set[str] = set()  # reported as not watchable
+        self._made: set[str] = set()  # pending paths an event made: maybe new symlinks
         self._diagnostics: list[dict[str, Any]] = []
         self._observer: BaseObserver | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
@@ -110,12 +134,14 @@ class DirectoryWatcher:
 
     # -- observer thread ----------------------------------------------------------------
 
-    def record(self, *paths: str, now: float | None = None, wait_s: float | None = None
-               ) -> None:
+    def record(self, *paths: str, now: float | None = None, wait_s: float | None = None,
+               made: bool | None = None) -> None:
         """Remember that ``paths`` saw an event: each is handed over once ``wait_s``
         (default ``settle_s``) has passed with no later event on it. Paths outside the
         directory are dropped; the others are reported as ``snapshot(directory)`` spells
-        them."""
+        them. ``made``: whether the name may now be a new symlink: True when the event
+        made it (created, renamed onto), False when it was written and closed (a symlink
+        is never written through its own name), None when the event says nothing."""
         when = self._clock() if now is None else now
         due = when + (self._settle_s if wait_s is None else wait_s)
         with self._lock:
@@ -129,6 +155,10 @@ class DirectoryWatcher:
                         self._unclosed.setdefault(path, when)
                     else:
                         self._unclosed.pop(path, None)  # closed or renamed into place
+                    if made:
+                        self._made.add(path)
+                    elif made is not None:
+                        self._made.discard(path)
                     recorded = True
             if recorded:
                 self._wake()
@@ -146,11 +176,34 @@ class DirectoryWatcher:
         # names no path: record() drops it.)
         if event.event_type == "moved":
             self.record(src)
-            self.record(dest, wait_s=0.0)
+            self.record(dest, wait_s=0.0, made=True)
         elif event.event_type == "closed":
-            self.record(src, wait_s=self._closed_s)
+            self.record(src, wait_s=self._closed_s, made=False)
+        elif event.event_type == "created":
+            self.record(src, made=True)
         else:
             self.record(src, dest)
+        self._record_dependents(event)
+
+    def on_target_event(self, event: FileSystemEvent) -> None:
+        """An event in a directory outside the jobs directory that symlinked job files
+        are read through."""
+        self._record_dependents(event)
+
+    def _record_dependents(self, event: FileSystemEvent) -> None:
+        """The job files read through a path the event names have changed too."""
+        with self._lock:
+            if not self._links:
+                return
+            found: set[str] = set()
+            for raw in (event.src_path, event.dest_path):
+                path = os.fsdecode(raw)
+                if path:
+                    found |= self._links.dependents(_normalized(path))
+        if found:
+            # Never at once, even after a rename: the kubelet's swap of ``..data`` is
+            # followed by the removal of the links to keys it dropped.
+            self.record(*found, wait_s=self._closed_s if event.event_type == "closed" else None)
 
     def need_rescan(self, *, lost: bool = False) -> None:
         with self._lock:
@@ -201,7 +254,7 @@ class DirectoryWatcher:
             unclosed = {path: self._unclosed.pop(path) for path in ready
                         if path in self._unclosed}
         waiting = {path: first for path, first in unclosed.items()
-                   if when - first < EMPTY_WAIT_S and _empty_file(path)}
+                   if when - first < EMPTY_WAIT_S and _incomplete(path)}
         if waiting:
             with self._lock:
                 for path, first in waiting.items():
@@ -210,6 +263,7 @@ class DirectoryWatcher:
                                                   first + EMPTY_WAIT_S)
                         self._unclosed[path] = first
             ready -= waiting.keys()
+        self._relink(ready)
         return ready
 
     def next_deadline(self) -> float | None:
@@ -232,9 +286,12 @@ class DirectoryWatcher:
         restarted = False
         if when >= self._next_health_check:
             self._next_health_check = when + self._health_interval_s
-            restarted = self.health_check()
+            restarted = self._restart_if_needed()
+            self._sync_targets(recheck=True)  # a watched target directory gone, or back
         with self._lock:
             needed, self._rescan_needed = self._rescan_needed, False
+        if needed and not restarted:
+            self._index_links()  # events were lost: links may have changed unseen
         return needed or restarted
 
     def drain_diagnostics(self) -> list[dict[str, Any]]:
@@ -247,7 +304,18 @@ class DirectoryWatcher:
         _OVERFLOW_WATCH.watchers.add(self)
 
     def health_check(self) -> bool:
-        """Restart a dead or blind observer; True means the caller must rescan fully."""
+        """Restart a dead or blind observer; True means the caller must rescan fully.
+
+        The coordinator calls this at every safety-net rescan, so what symlinked job files
+        are read through is looked up afresh here too (restarting does it anyway)."""
+        if self._observer is None:
+            return False
+        if self._restart_if_needed():
+            return True
+        self._index_links()
+        return False
+
+    def _restart_if_needed(self) -> bool:
         if self._observer is None:
             return False
         reason = self._restart_reason()
@@ -273,6 +341,7 @@ class DirectoryWatcher:
         if self._observer is not None:
             _stop(self._observer)
             self._observer = None
+        self._targets.stop()
         for fd in (self._read_fd, self._write_fd):
             if fd >= 0:
                 os.close(fd)
@@ -322,6 +391,8 @@ class DirectoryWatcher:
         if observer is None:
             observer = self._started(PollingObserver(timeout=self._poll_interval_s), real)
         self._identity = (st.st_dev, st.st_ino)
+        self._real = real
+        self._index_links()
         return observer
 
     def _started(self, observer: BaseObserver, path: str) -> BaseObserver:
@@ -333,6 +404,70 @@ class DirectoryWatcher:
             _stop(observer)
             raise
         return observer
+
+    # -- symlinked job files ------------------------------------------------------------
+
+    def _index_links(self) -> None:
+        """Look up what every symlinked job file is read through. Always followed by a
+        full rescan (or the first load), which sees whatever changed before."""
+        found = {}
+        read = LinkReader()
+        try:
+            with os.scandir(self._real) as entries:
+                for entry in entries:  # is_symlink(): from the listing, no system call
+                    if is_job_file_name(entry.name) and entry.is_symlink():
+                        resolution = resolve(entry.path, read)
+                        if resolution is not None:
+                            found[os.path.join(self.directory, entry.name)] = resolution
+        except OSError:
+            return  # the directory is missing: the health check says so
+        with self._lock:
+            self._links.replace_all(found)
+        self._sync_targets(recheck=False)
+
+    def _relink(self, handed_over: set[str]) -> None:
+        """Look up again what the job files just handed over are read through, when a
+        link may have been made (the name was created or renamed onto), removed or
+        pointed elsewhere (it was a link): a file written in place costs nothing here."""
+        with self._lock:
+            made = self._made & handed_over
+            self._made -= made
+            job_files = {path for path in handed_over if path in made or path in self._links}
+        job_files = {path for path in job_files if is_job_file_name(os.path.basename(path))}
+        if not job_files:
+            return
+        read = LinkReader()
+        resolutions = {path: resolve(os.path.join(self._real, os.path.basename(path)), read)
+                       for path in job_files}
+        with self._lock:
+            changed = [self._links.set(path, found) for path, found in resolutions.items()]
+        if any(changed):
+            self._sync_targets(recheck=True)
+
+    def _sync_targets(self, *, recheck: bool) -> None:
+        """Watch the directories outside the jobs directory that symlinked job files are
+        read through. With ``recheck``, the job files read through a directory that has
+        just begun to be watched are handed over once more: it may have changed between
+        their lookup and the watch (no rescan follows to see it)."""
+        with self._lock:
+            wanted = self._links.directories() - {self._real}
+        if not wanted and not self._targets.watched():
+            return
+        added, problems = self._targets.sync(wanted, polling=self.polling)
+        by_reason: dict[str, list[str]] = {}
+        for directory in sorted(problems.keys() - self._unwatched_targets):
+            by_reason.setdefault(problems[directory], []).append(directory)
+        for reason, directories in by_reason.items():  # said once, not every second
+            self._diagnose("watcher_target_unwatched", "warning", count=len(directories),
+                           targets=directories[:10],
+                           reason=f"{reason}; changes there are seen at the periodic "
+                                  f"rescan")
+        self._unwatched_targets = set(problems)
+        if recheck and added:
+            with self._lock:
+                again = set().union(*(self._links.in_directory(d) for d in added))
+            if again:
+                self.record(*again)
 
     def _diagnose(self, event: str, level: str, **fields: Any) -> None:
         with self._lock:
@@ -379,9 +514,12 @@ def _normalized(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-def _empty_file(path: str) -> bool:
+def _incomplete(path: str) -> bool:
+    """An empty regular file, or a symlink to nothing (yet)."""
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        return os.path.islink(path)
     except OSError:
-        return False  # gone: hand it over, the reconciler sees it gone
+        return False  # unusable: hand it over, the reconciler says why
     return st.st_size == 0 and stat.S_ISREG(st.st_mode)
