@@ -195,6 +195,12 @@ class _Watch:
             os.set_blocking(self.input, False)
             if self._feed():  # mostly all of it: a pipe takes 64 KiB before it blocks
                 poller.register(self.input, select.POLLOUT)
+        # A stop request that comes as a message (a worker's channel) wakes the poll too:
+        # the run's group gets its TERM at once, not at the next check.
+        wake = getattr(self.stop_requested, "fileno", None)
+        wake_fd = wake() if wake is not None else None
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
         try:
             while True:
                 now = time.monotonic()
@@ -202,6 +208,10 @@ class _Watch:
                 self._enforce_limits(now)
                 if self._finished(now):
                     break
+                if wake_fd is not None and (self.kill_reason is not None
+                                            or self.exited_at is not None):
+                    poller.unregister(wake_fd)  # decided: later messages wait for the end
+                    wake_fd = None
                 for ready, _ in poller.poll(self._poll_ms()):
                     if ready == fd and not self._read(fd):
                         poller.unregister(fd)
