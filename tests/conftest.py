@@ -5,8 +5,9 @@ import pytest
 import tests.property_settings  # loads the hypothesis profile first
 from tests.daemon_harness import Daemon
 
-# postgres_server, postgres_url: a throwaway PostgreSQL server for the store tests.
-pytest_plugins = ["tests.postgres_server"]
+# postgres_server, postgres_url: a throwaway PostgreSQL server for the store tests;
+# user: an account made with useradd.
+pytest_plugins = ["tests.postgres_server", "tests.accounts"]
 
 
 def pytest_configure(config):

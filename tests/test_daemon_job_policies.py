@@ -241,3 +241,26 @@ def test_recovery_and_a_failing_hook_sets_off_nothing_more(daemon, tmp_path):
     wait_until(lambda: len([r for r in daemon.records("recover")
                             if r.get("hook") == "on_failure"]) >= len(failed_runs))
     assert len([r for r in daemon.records("recover") if r.get("hook") == "on_recovery"]) == 1
+
+
+def test_a_root_daemon_runs_a_job_as_its_user_with_its_env_file(daemon, user, tmp_path):
+    """``user`` as cron's per-user crontabs: uid, groups, HOME/USER/LOGNAME, its files."""
+    env_file = tmp_path / "job.env"
+    env_file.write_text("# comment\nGREETING='hello there'\nSHARED=from-file\n")
+    out = user.home / "out"
+    daemon.write_job("as-user.json", schedule=soon(), user=user.name, env_file=str(env_file),
+                     command=f'id -u > {out}; id -G >> {out}; echo "$HOME $USER $LOGNAME" '
+                             f'>> {out}; echo "$GREETING/$SHARED" >> {out}; pwd >> {out}; '
+                             f'touch {out}.made')
+    daemon.start()
+    record = daemon.wait_records("as-user")[0]
+    assert record["status"] == "SUCCESS", record
+    uid, groups, names, env, cwd = out.read_text().splitlines()
+    assert int(uid) == user.uid
+    assert {int(g) for g in groups.split()} == {user.gid, user.extra_gid}
+    assert names == f"{user.home} {user.name} {user.name}"
+    assert env == "hello there/from-file"
+    assert cwd == str(user.home)
+    made = os.stat(f"{out}.made")
+    assert (made.st_uid, made.st_gid) == (user.uid, user.gid)
+    assert daemon.client_json("status", "as-user")["user"] == user.name
