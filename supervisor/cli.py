@@ -6,15 +6,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from supervisor import __version__
 
 if TYPE_CHECKING:
     from supervisor.jobfiles.jobspec import JobSpec
+    from supervisor.timing.lookahead import DstNotice
     from supervisor.timing.triggers import Trigger
 
 # Job files, schedules (croniter, the task types) and zones (pathlib, zoneinfo) are
@@ -380,21 +382,31 @@ def validate(paths: tuple[str, ...], zone: str | None, allow_insecure_files: boo
     """Check job files or directories without a daemon; exit 1 if any is invalid.
 
     Run as root, it applies the rule a root daemon applies: job files must be owned by
-    root and not writable by group or others.
+    root and not writable by group or others. A cron schedule that meets a DST change
+    within the next year (a wall time skipped or repeated) gets a warning on stderr
+    saying what taskd will do; warnings do not change the exit status.
 
     Example: taskd validate conf/jobs.d
     """
+    from supervisor.timing.zones import UTC
+
     default_zone = _zone_or_exit(zone)
     problems = 0
+    start = datetime.now(UTC)
+    notices: dict[Trigger, list[DstNotice]] = {}  # jobs sharing a schedule share them
     for path in paths:
-        for line, ok in _validate_path(path, default_zone, not allow_insecure_files):
+        for line, ok, job in _read_jobs(path, default_zone, not allow_insecure_files):
             click.echo(line, err=not ok)
             problems += not ok
+            if job is not None:
+                for warning in _dst_warnings(job, start, notices):
+                    click.echo(warning, err=True)
     sys.exit(1 if problems else 0)
 
 
-def _validate_path(path: str, default_zone: str, trusted_only: bool):
-    """(message, ok) pairs for one argument: a job file or a directory of them."""
+def _read_jobs(path: str, default_zone: str, trusted_only: bool):
+    """(message, ok, job) for one argument, a job file or a directory of them: job is the
+    JobSpec of a usable file, None for a problem or a note."""
     from supervisor.jobfiles.jobdir import snapshot
     from supervisor.jobfiles.jobspec import JobFileError, read_job_file
 
@@ -402,43 +414,125 @@ def _validate_path(path: str, default_zone: str, trusted_only: bool):
         try:
             files = sorted(snapshot(path))
         except OSError as error:
-            yield f"{path}: cannot list directory: {error.strerror}", False
+            yield f"{path}: cannot list directory: {error.strerror}", False, None
             return
         if not files:
-            yield f"{path}: no job files (*.json) found", True
+            yield f"{path}: no job files (*.json) found", True, None
     elif os.path.exists(path):
         files = [path]
     else:
-        yield f"{path}: no such file or directory", False
+        yield f"{path}: no such file or directory", False, None
         return
     claimed: dict[str, str] = {}
     for file in files:
         try:
             job = read_job_file(file, default_zone=default_zone, trusted_only=trusted_only)
         except JobFileError as error:
-            yield str(error), False
+            yield str(error), False, None
             continue
         owner = claimed.setdefault(job.job_id, file)
         if owner != file:
-            yield f'{file}: job_id "{job.job_id}" is already claimed by {owner}', False
+            yield f'{file}: job_id "{job.job_id}" is already claimed by {owner}', False, None
         else:
-            yield f"{file}: ok ({job.job_id})", True
+            yield f"{file}: ok ({job.job_id})", True, job
+
+
+def _dst_warnings(job: JobSpec, start: datetime, notices: dict[Trigger, list[DstNotice]]):
+    """One line per kind of DST change (gap, repeat) that the job's cron schedule meets
+    within a year of ``start``."""
+    from supervisor.timing.lookahead import describe_notice, dst_notices
+    from supervisor.timing.triggers import CronTrigger
+
+    if not isinstance(job.trigger, CronTrigger):
+        return
+    if job.trigger not in notices:
+        notices[job.trigger] = dst_notices(job.trigger, start)
+    for notice in notices[job.trigger]:
+        yield f"{job.file}: warning: {describe_notice(notice, job.schedule)}"
+
+
+_ALL_ONLY = ("jobs_dir", "window", "limit", "as_json", "allow_insecure_files")
+_MAX_WINDOW_DAYS = 366
+
+
+def _window_option(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """--window as a timedelta: a duration as ``taskd history --since`` reads one (90s,
+    30m, 24h, 7d, 1w, 1h30m), more than 0 and at most 366 days (a usage error else)."""
+    from supervisor.store.history_view import parse_since
+
+    message = f"{value!r}: expected a duration such as 90s, 30m, 24h, 7d, 1w or 1h30m"
+    try:
+        datetime.fromisoformat(value.strip())
+    except ValueError:
+        pass
+    else:  # --since also reads instants; a window is only a duration
+        raise click.BadParameter(message)
+    try:
+        seconds = -parse_since(value, 0.0)  # that long before the epoch: minus the duration
+    except ValueError:
+        raise click.BadParameter(message) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r}: must be longer than 0s")
+    if seconds > _MAX_WINDOW_DAYS * 86_400:
+        raise click.BadParameter(f"{value!r}: at most {_MAX_WINDOW_DAYS}d")
+    return timedelta(seconds=seconds)
 
 
 @main.command(name="next")
-@click.argument("schedule_or_file")
+@click.argument("schedule_or_file", required=False)
 @click.option("-n", "count", default=5, show_default=True, type=click.IntRange(1, 100000),
-              help="How many fire times to print.")
+              help="How many fire times to print (not with --all).")
 @click.option("--timezone", "zone", default=None,
-              help="Zone to read the schedule in (default: the job's, else the host's).")
+              help="Zone to read the schedule in (default: the job's, else the host's). "
+                   "With --all: the zone of jobs that name none and of every time shown "
+                   "(default: the host's).")
 @click.option("--after", "after", default=None, metavar="ISO_TIMESTAMP",
               help="Print fire times after this instant instead of now.")
-def next_(schedule_or_file: str, count: int, zone: str | None, after: str | None) -> None:
-    """Print the next fire times of a schedule or a job file, one per line.
+@click.option("--all", "all_jobs", is_flag=True,
+              help="Every job in --jobs-dir: each fire time within --window, sorted by "
+                   "time (as cronie's cronnext).")
+@click.option("--jobs-dir", default=None, metavar="DIR",
+              help="With --all: the directory of *.json job files.")
+@click.option("--window", default="24h", show_default=True, metavar="DURATION",
+              callback=_window_option,
+              help="With --all: how far ahead to look (90s, 30m, 24h, 7d, 1w; at most 366d).")
+@click.option("--limit", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="With --all: print at most this many fire times.")
+@click.option("--json", "as_json", is_flag=True,
+              help='With --all: print one JSON array of {"job_id", "file", "at"}.')
+@click.option("--allow-insecure-files", is_flag=True,
+              help="With --all, as root: do not apply cron's ownership rule (as the "
+                   "daemon's option).")
+@click.pass_context
+def next_(ctx: click.Context, schedule_or_file: str | None, count: int, zone: str | None,
+          after: str | None, all_jobs: bool, jobs_dir: str | None, window: timedelta,
+          limit: int, as_json: bool, allow_insecure_files: bool) -> None:
+    """Print the next fire times of a schedule or a job file, one per line; or, with
+    --all, of every job in a directory within a window.
 
     Examples: taskd next '30 2 * * *' --timezone Europe/Berlin -n 3;
-    taskd next conf/jobs.d/heartbeat.json
+    taskd next conf/jobs.d/heartbeat.json; taskd next --all --jobs-dir conf/jobs.d --window 7d
     """
+    given = [param for param in ctx.command.params
+             if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT]
+    if all_jobs:
+        if schedule_or_file is not None:
+            raise click.UsageError("give SCHEDULE_OR_JOB_FILE or --all, not both")
+        if jobs_dir is None:
+            raise click.UsageError("--all needs --jobs-dir DIR")
+        if any(param.name == "count" for param in given):
+            raise click.UsageError("-n is for one schedule; with --all, use --window and --limit")
+        _next_all(jobs_dir, zone, after, window, limit, as_json, not allow_insecure_files)
+        return
+    if schedule_or_file is None:
+        raise click.UsageError("missing SCHEDULE_OR_JOB_FILE (or --all --jobs-dir DIR)")
+    stray = [param.opts[0] for param in given if param.name in _ALL_ONLY]
+    if stray:
+        raise click.UsageError(f"{', '.join(stray)}: only with --all")
+    _next_one(schedule_or_file, count, zone, after)
+
+
+def _next_one(schedule_or_file: str, count: int, zone: str | None, after: str | None) -> None:
     from supervisor.timing.zones import UTC, zone_named
 
     zone_name = _zone_or_exit(zone)
@@ -450,6 +544,59 @@ def next_(schedule_or_file: str, count: int, zone: str | None, after: str | None
         if instant is None:
             break
         click.echo(instant.astimezone(local).isoformat())
+
+
+def _next_all(jobs_dir: str, zone: str | None, after: str | None, window: timedelta,
+              limit: int, as_json: bool, trusted_only: bool) -> None:
+    """``taskd next --all``: problems and notes on stderr, fire times on stdout; exit 1
+    when a job file was unusable (after printing what the others do)."""
+    from supervisor.timing.lookahead import upcoming
+    from supervisor.timing.zones import UTC, zone_named
+
+    _check_jobs_dir(jobs_dir)
+    default_zone = _zone_or_exit(zone)
+    # One zone for every line, so that the times read in order; a job's own zone is what
+    # ``taskd next JOB_FILE`` shows.
+    shown_in = zone_named(default_zone)
+    start = _instant_or_exit(after, shown_in) if after else datetime.now(UTC)
+    try:
+        until = start + window
+    except OverflowError:
+        until = datetime.max.replace(tzinfo=UTC)
+    jobs, problems, disabled = [], 0, 0
+    for line, ok, job in _read_jobs(jobs_dir, default_zone, trusted_only):
+        if not ok or job is None:
+            click.echo(line, err=True)
+            problems += not ok
+        elif job.enabled:
+            jobs.append(job)
+        else:
+            disabled += 1
+    found = upcoming(jobs, start, until, limit)
+    if as_json:
+        _echo_json_array([{"job_id": job.job_id, "file": job.file, "at": None}
+                          for job in found.at_start]
+                         + [{"job_id": job.job_id, "file": job.file,
+                             "at": instant.astimezone(shown_in).isoformat()}
+                            for instant, job in found.fires])
+    else:
+        _echo_lines([f"{'at start':<25}  {job.job_id}" for job in found.at_start]
+                    + [f"{instant.astimezone(shown_in).isoformat()}  {job.job_id}"
+                       for instant, job in found.fires])
+    if disabled:
+        click.echo(f"taskd next: {disabled} disabled job{'s' if disabled > 1 else ''} "
+                   f"(enabled: false) left out", err=True)
+    if found.more:
+        more = f"more than {found.more:,}" if found.more_capped else f"{found.more:,}"
+        click.echo(f"taskd next: ... {more} more fire times within the window "
+                   f"(--limit {limit:,} reached)", err=True)
+    sys.exit(1 if problems else 0)
+
+
+def _echo_lines(lines: list[str], chunk: int = 1000) -> None:
+    """Lines to stdout, ``chunk`` a write (one write per line is slow at 86,400 lines)."""
+    for first in range(0, len(lines), chunk):
+        click.echo("\n".join(lines[first:first + chunk]))
 
 
 def _trigger_or_exit(text: str, zone_name: str) -> tuple[Trigger, str]:
