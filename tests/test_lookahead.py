@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import supervisor.timing.lookahead
-from supervisor.timing.cron_expr import parse_cron
+from supervisor.timing.cron_expr import CronSyntaxError, parse_cron
 from supervisor.timing.lookahead import (
     MORE_COUNT_CAP,
     clock_changes,
@@ -30,7 +30,7 @@ from supervisor.timing.lookahead import (
 from supervisor.timing.triggers import CronTrigger, OneTimeTrigger, StartTrigger, Trigger
 from supervisor.timing.zones import UTC
 from tests.property_settings import examples
-from tests.test_triggers_dst import TRANSITIONS, dst_cases
+from tests.test_triggers_dst import TRANSITIONS, dst_cases, values
 
 
 def iso(text: str) -> datetime:
@@ -115,6 +115,28 @@ def test_fire_times_are_next_after_iterated(case, window_s):
         window_s = min(window_s, 20 * 60)
     trig = CronTrigger(expr, ZoneInfo(zone))
     until = start + timedelta(seconds=window_s)
+    assert list(fire_times(trig, start, until)) == stepped(trig, start, until), expr.text
+
+
+@st.composite
+def sparse_day_schedules(draw):
+    """One time of day, day fields of every kind: the days matched over weeks."""
+    fields = [str(draw(st.integers(0, 59))), str(draw(st.integers(0, 23))),
+              draw(st.just("*") | values(1, 31)), draw(st.just("*") | values(1, 12)),
+              draw(st.just("*") | values(0, 7))]
+    try:
+        return parse_cron(" ".join(fields))
+    except CronSyntaxError:  # a day-of-month that never occurs in the months drawn
+        return parse_cron(" ".join([*fields[:2], "*", *fields[3:]]))
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(sparse_day_schedules(), st.sampled_from(["UTC", "Europe/Berlin", "America/Santiago"]),
+       st.datetimes(datetime(2025, 1, 1), datetime(2029, 1, 1), timezones=st.just(UTC)),
+       st.integers(1, 90))
+def test_days_over_weeks_are_next_after_iterated(expr, zone, start, days):
+    trig = CronTrigger(expr, ZoneInfo(zone))
+    until = start + timedelta(days=days)
     assert list(fire_times(trig, start, until)) == stepped(trig, start, until), expr.text
 
 
