@@ -82,12 +82,17 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
 @click.option("--history-per-job", default=1000, show_default=True, metavar="N",
               type=click.IntRange(min=1), help="With a state dir: keep at most this many "
                                                "run records per job.")
+@click.option("--on-failure", default=None, metavar="COMMAND_OR_TASK_JSON",
+              help="Run this after every failed run of a job that has no on_failure of its "
+                   "own (cron's MAILTO): a shell command, or a task object such as "
+                   "'{\"type\": \"http_request\", \"url\": \"...\", \"method\": \"POST\"}'; "
+                   "it gets the execution record as JSON on stdin (or as the body).")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
           socket_group: str | None, metrics_port: int | None, metrics_address: str,
           allow_insecure_files: bool, rescan_interval: float,
           heartbeat_timeout: float, state_dir: str | None, history_days: float,
-          history_per_job: int) -> None:
+          history_per_job: int, on_failure: str | None) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
@@ -98,6 +103,7 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
     from supervisor.store.state_dir import state_dir_from
 
     zone_name = _zone_or_exit(zone, code=2)
+    default_hook = _hook_or_exit(on_failure) if on_failure is not None else None
     _check_jobs_dir(jobs_dir)
     if log_file is not None:
         _check_log_file(log_file)
@@ -111,8 +117,18 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
                             rescan_interval_s=rescan_interval,
                             heartbeat_timeout_s=heartbeat_timeout,
                             state_dir=state_dir_from(state_dir, os.environ),
-                            history_days=history_days, history_per_job=history_per_job)
+                            history_days=history_days, history_per_job=history_per_job,
+                            on_failure=default_hook)
     sys.exit(run_daemon(options))
+
+
+def _hook_or_exit(text: str):
+    from supervisor.jobfiles.jobspec import JobFileError, hook_from_option
+
+    try:
+        return hook_from_option(text)
+    except JobFileError as error:
+        _fail(str(error), code=2)
 
 
 def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -444,6 +460,11 @@ def _dst_warnings(job: JobSpec, start: datetime, notices: dict[Trigger, list[Dst
     from supervisor.timing.triggers import CronTrigger
 
     if not isinstance(job.trigger, CronTrigger):
+        return
+    if job.trigger.expr.hour_star:
+        # It keeps its real-time rhythm (an hourly job runs every 3600 s through both
+        # changes): nothing an operator would not expect, and in a DST zone nearly every
+        # such job meets both changes, so warning would bury the ones that matter.
         return
     if job.trigger not in notices:
         notices[job.trigger] = dst_notices(job.trigger, start)

@@ -264,3 +264,31 @@ def test_a_root_daemon_runs_a_job_as_its_user_with_its_env_file(daemon, user, tm
     made = os.stat(f"{out}.made")
     assert (made.st_uid, made.st_gid) == (user.uid, user.gid)
     assert daemon.client_json("status", "as-user")["user"] == user.name
+
+
+def test_the_daemon_wide_on_failure_covers_jobs_without_their_own(tmp_path):
+    out = tmp_path / "mailto"
+    own = tmp_path / "own"
+    daemon = Daemon(tmp_path, args=("--on-failure", f'cat >> {out}; echo >> {out}'))
+    try:
+        daemon.write_job("plain.json", schedule=soon(), command="exit 2")
+        daemon.write_job("fine.json", schedule=soon(), command="true")
+        daemon.write_job("own.json", schedule=soon(), command="exit 3",
+                         on_failure={"type": "execute_command", "command": f"cat > {own}"})
+        daemon.start()
+        hooks = daemon.wait_records(count=2, where=lambda r: r.get("hook"))
+        assert sorted(r["job_id"] for r in hooks) == ["own", "plain"]
+        wait_until(lambda: out.exists() and out.read_text().endswith("\n"))
+        given = [json.loads(line) for line in out.read_text().splitlines() if line]
+        assert [g["job_id"] for g in given] == ["plain"]  # never the job with its own
+        assert json.loads(own.read_text())["error"] == "exit code 3"
+    finally:
+        daemon.kill()
+
+
+def test_a_bad_on_failure_is_a_usage_error(tmp_path):
+    daemon = Daemon(tmp_path, args=("--on-failure", '{"type": "http_request"}'))
+    daemon.start(wait_ready=False)
+    assert daemon.process.wait(timeout=30) == 2
+    assert "--on-failure: on_failure.url: required key is missing" in (
+        daemon.stderr_path.read_text())
