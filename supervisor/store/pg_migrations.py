@@ -75,6 +75,47 @@ STEPS: list[str] = [
         manual BOOLEAN NOT NULL
     );
     """,
+    # 3: cluster mode (supervisor/cluster): nodes, the job versions each has, and every
+    # scheduled occurrence, claimed at most once. Times here are the database's clock.
+    """
+    CREATE TABLE taskd_nodes (
+        node_id TEXT PRIMARY KEY,           -- a fresh id each time a daemon joins
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL,
+        lease_s DOUBLE PRECISION NOT NULL,  -- silent this long: any peer declares it dead
+        workers INTEGER NOT NULL,
+        busy INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('alive', 'dead', 'left')),
+        gone_at TIMESTAMPTZ                 -- declared dead, or left
+    );
+    CREATE INDEX taskd_nodes_alive ON taskd_nodes (heartbeat_at) WHERE state = 'alive';
+    CREATE TABLE taskd_node_jobs (          -- written on change only, never per heartbeat
+        node_id TEXT NOT NULL REFERENCES taskd_nodes ON DELETE CASCADE,
+        job_id TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        PRIMARY KEY (node_id, job_id)
+    );
+    CREATE TABLE taskd_occurrences (
+        job_id TEXT NOT NULL,
+        scheduled_for TIMESTAMPTZ NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('due', 'claimed', 'done', 'lost', 'missed')),
+        node_id TEXT,                       -- the claimer
+        run_id TEXT UNIQUE,
+        offered_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ,             -- due and not claimed by then: missed
+        claimed_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ,
+        spec_hash TEXT,                     -- the version run (the claimer's)
+        PRIMARY KEY (job_id, scheduled_for)
+    );
+    CREATE INDEX taskd_occurrences_due ON taskd_occurrences (scheduled_for, job_id)
+        WHERE state = 'due';
+    CREATE INDEX taskd_occurrences_claimed ON taskd_occurrences (node_id)
+        WHERE state = 'claimed';
+    CREATE INDEX taskd_occurrences_by_time ON taskd_occurrences (scheduled_for);
+    """,
 ]
 CURRENT = len(STEPS)
 _MARKER = "taskd_schema"  # the version table: also how a taskd store is told apart

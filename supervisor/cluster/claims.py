@@ -1,0 +1,276 @@
+"""Occurrences offered by every node and claimed by one: each runs at most once, ever.
+
+An occurrence is ``(job_id, scheduled_for)``, one row of ``taskd_occurrences``:
+
+    due --claim--> claimed --finish--> done
+     |                |
+     |                +--reap/leave (its node is gone)--> lost   (one "node lost" record)
+     +--expire (nobody claimed it in time)--> missed
+
+No transition leads back to ``due``, and offering a row that exists does nothing, so an
+occurrence is claimed at most once however often it is offered. Every node computes the
+same schedule and offers what came due by its own clock; whether a row can be claimed is
+decided by the database's ``now()`` (``scheduled_for <= now()``), so a node whose clock
+runs ahead offers early but never claims early.
+
+``claim`` sends the offers and the claim in one round trip (one implicit transaction, see
+``ClusterDatabase.batch``): the offers in one statement (arrays, whatever their number),
+a share lock on the claimer's node row (the reaper cannot declare it dead while the claim
+is in flight, and a node already declared dead claims nothing), and the claim itself
+(``FOR UPDATE SKIP LOCKED``: concurrent claimers take disjoint rows, and no one waits).
+A node only claims jobs it has published (``SpecHashes.publish``): it runs its own
+version of the job, recorded in the row's ``spec_hash``.
+
+``finish`` writes the run's record only while the row is still claimed by that node: a
+late finish from a node declared dead is refused, and its ``node lost`` record stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from supervisor.cluster.database import ClusterDatabase
+from supervisor.store.postgres import _INSERT_RECORD, _RECORD, _record
+from workers.execution import new_run_id
+
+# How long a finished row is kept (``prune``); an offer older than this is refused, so a
+# pruned occurrence can never be offered again as new.
+RETENTION_S = 7 * 86400.0
+
+
+class Offer(NamedTuple):
+    """An occurrence that came due by the offering node's clock."""
+
+    job_id: str
+    scheduled_for: datetime  # aware
+    spec_hash: str | None = None  # the offering node's version of the job
+    deadline_s: float | None = None  # not claimed this long after its instant: missed
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An occurrence this node now owns: run it once, then ``finish`` it."""
+
+    job_id: str
+    scheduled_for: datetime
+    run_id: str
+    claimed_at: datetime  # the database's clock
+
+
+_OFFER = """
+INSERT INTO taskd_occurrences (job_id, scheduled_for, state, offered_at, expires_at,
+                               spec_hash)
+SELECT job_id, scheduled_for, 'due', now(),
+       scheduled_for + deadline_s * interval '1 second', spec_hash
+FROM unnest(%(job_ids)s::text[], %(times)s::timestamptz[], %(deadlines)s::float8[],
+            %(hashes)s::text[]) AS offer (job_id, scheduled_for, deadline_s, spec_hash)
+WHERE scheduled_for >= now() - %(retention_s)s * interval '1 second'
+ON CONFLICT DO NOTHING
+"""
+
+# Held until the claim commits; the reaper's FOR UPDATE SKIP LOCKED passes it by.
+_LOCK_ALIVE = ("SELECT FROM taskd_nodes WHERE node_id = %(node_id)s AND state = 'alive' "
+               "FOR SHARE")
+
+# A statement of its own after _LOCK_ALIVE, so its snapshot is taken once the lock is
+# held (or, if the reaper held it first, once the node is seen dead).
+_CLAIM = """
+WITH due AS MATERIALIZED (
+    SELECT o.job_id, o.scheduled_for, j.spec_hash
+    FROM taskd_occurrences o
+    JOIN taskd_node_jobs j ON j.node_id = %(node_id)s AND j.job_id = o.job_id
+    WHERE o.state = 'due' AND o.scheduled_for <= now()
+      AND (o.expires_at IS NULL OR o.expires_at > now())
+      AND EXISTS (SELECT FROM taskd_nodes n
+                  WHERE n.node_id = %(node_id)s AND n.state = 'alive')
+    ORDER BY o.scheduled_for, o.job_id
+    LIMIT greatest(0, %(limit)s - (SELECT count(*) FROM taskd_occurrences
+                                   WHERE run_id = ANY(%(unanswered)s::text[])
+                                     AND node_id = %(node_id)s AND state = 'claimed'))
+    FOR UPDATE OF o SKIP LOCKED
+), numbered AS (
+    SELECT due.*, row_number() OVER (ORDER BY scheduled_for, job_id) AS n FROM due
+)
+UPDATE taskd_occurrences o
+SET state = 'claimed', node_id = %(node_id)s, run_id = (%(run_ids)s::text[])[numbered.n::integer],
+    claimed_at = now(), spec_hash = numbered.spec_hash
+FROM numbered
+WHERE o.job_id = numbered.job_id AND o.scheduled_for = numbered.scheduled_for
+RETURNING o.job_id, o.scheduled_for, o.run_id, o.claimed_at
+"""
+
+# The store's record statement with its insert guarded: written only while the
+# occurrence is this node's claim (or already its done run: a finish sent again after
+# a connection broke). The rest, the job's last run, is the store's own SQL.
+if not _RECORD.startswith(_INSERT_RECORD):  # pragma: no cover - a change in the store
+    raise ImportError("supervisor.store.postgres: _RECORD no longer starts with "
+                      "_INSERT_RECORD, which the cluster's finish relies on")
+_FINISH = """
+WITH done AS (
+    UPDATE taskd_occurrences SET state = 'done', finished_at = coalesce(finished_at, now())
+    WHERE run_id = %(run_id)s AND node_id = %(node_id)s AND state IN ('claimed', 'done')
+    RETURNING job_id
+), new AS (
+    INSERT INTO taskd_executions (run_id, job_id, started, status, record)
+    SELECT %(run_id)s::text, %(job_id)s::text, %(started)s::float8, %(status)s::text,
+           %(record)s::text FROM done
+    ON CONFLICT (run_id) DO NOTHING
+    RETURNING job_id
+), finished AS (
+    DELETE FROM taskd_unfinished WHERE run_id = %(run_id)s AND EXISTS (SELECT FROM done)
+)
+""" + _RECORD[len(_INSERT_RECORD):]
+
+_UNANSWERED = ("SELECT job_id, scheduled_for, run_id, claimed_at FROM taskd_occurrences "
+               "WHERE run_id = ANY(%(run_ids)s::text[]) AND node_id = %(node_id)s "
+               "AND state = 'claimed'")
+
+_FINISHED = """
+SELECT o.run_id FROM taskd_occurrences o
+JOIN unnest(%(run_ids)s::text[], %(node_ids)s::text[]) AS f (run_id, node_id)
+  ON o.run_id = f.run_id AND o.node_id = f.node_id
+WHERE o.state = 'done'
+"""
+
+_EXPIRE = """
+WITH stale AS MATERIALIZED (
+    SELECT job_id, scheduled_for FROM taskd_occurrences
+    WHERE state = 'due'
+      AND (expires_at <= now()
+           OR scheduled_for < now() - %(older_than_s)s::float8 * interval '1 second')
+    ORDER BY scheduled_for, job_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd_occurrences o SET state = 'missed', finished_at = now()
+FROM stale WHERE o.job_id = stale.job_id AND o.scheduled_for = stale.scheduled_for
+RETURNING o.job_id, o.scheduled_for
+"""
+
+_PRUNE = """
+DELETE FROM taskd_occurrences WHERE (job_id, scheduled_for) IN (
+    SELECT job_id, scheduled_for FROM taskd_occurrences
+    WHERE scheduled_for < now() - %(retention_s)s * interval '1 second'
+      AND state IN ('done', 'lost', 'missed')
+    LIMIT %(budget)s)
+"""
+
+_RUNNING = ("SELECT node_id, job_id, scheduled_for, run_id, claimed_at "
+            "FROM taskd_occurrences WHERE state = 'claimed' ORDER BY node_id, claimed_at, "
+            "job_id")
+
+
+class Claims:
+    """Offering, claiming, finishing and expiring occurrences, over one connection."""
+
+    def __init__(self, db: ClusterDatabase, *, retention_s: float = RETENTION_S) -> None:
+        self.db = db
+        self.retention_s = retention_s
+        self._unanswered: list[str] = []  # run ids of claims sent whose answer was lost
+
+    def claim(self, offers: Sequence[Offer | tuple[Any, ...]], limit: int, *,
+              node_id: str) -> list[Claim]:
+        """Offer ``offers`` (each ``(job_id, scheduled_for, spec_hash[, deadline_s])``),
+        then claim up to ``limit`` due occurrences (anyone's offers, oldest first) for
+        ``node_id``: one round trip. The claims, oldest first.
+
+        A claim whose answer was lost (the connection broke after the commit) is not
+        lost: its run ids were chosen here, so the next call asks for them too, in the
+        same round trip, and returns those still ``node_id``'s beside the new ones (as
+        many fewer new ones, so the total stays within ``limit``)."""
+        # Every parameter is built before anything is sent (see ClusterDatabase.batch);
+        # offers in one order everywhere, so two nodes inserting the same rows at once
+        # wait for each other in the same order and never deadlock.
+        rows = sorted({(o.job_id, o.scheduled_for): o for o in map(_offer, offers)}.values(),
+                      key=lambda o: (o.job_id, o.scheduled_for))
+        offer = {"job_ids": [o.job_id for o in rows], "times": [o.scheduled_for for o in rows],
+                 "deadlines": [o.deadline_s for o in rows],
+                 "hashes": [o.spec_hash for o in rows], "retention_s": self.retention_s}
+        unanswered = list(self._unanswered)
+        limit = max(0, int(limit))
+        claim = {"node_id": node_id, "limit": limit, "unanswered": unanswered,
+                 "run_ids": [new_run_id() for _ in range(limit)]}
+        if not rows and not limit and not unanswered:
+            return []
+        try:
+            with self.db.batch() as db:
+                if rows:
+                    db.execute(_OFFER, offer)
+                cursors = []
+                if unanswered:
+                    cursors.append(db.execute(_UNANSWERED, {"run_ids": unanswered,
+                                                            "node_id": node_id}))
+                if limit:
+                    db.execute(_LOCK_ALIVE, claim)
+                    cursors.append(db.cursor().execute(_CLAIM, claim))
+        except BaseException:
+            self._unanswered += claim["run_ids"]
+            raise
+        self._unanswered = []
+        return sorted((Claim(*row) for cursor in cursors for row in cursor.fetchall()),
+                      key=lambda c: (c.scheduled_for, c.job_id))
+
+    def finish(self, run_id: str, node_id: str, record: dict[str, Any]) -> bool:
+        """Record a claimed run's end and mark its occurrence done, in one transaction;
+        False (and nothing written) when it is no longer ``node_id``'s claim."""
+        return self.finish_many([(run_id, node_id, record)]) == [True]
+
+    def finish_many(self, finished: Sequence[tuple[str, str, dict[str, Any]]]) -> list[bool]:
+        """``finish`` for each ``(run_id, node_id, record)``, all in one round trip."""
+        statements = []
+        for run_id, node_id, record in finished:
+            if record.get("run_id") != run_id or record.get("hook") or record.get("manual"):
+                raise ValueError(f"run {run_id}: not the record of that claimed occurrence")
+            params = _record(record)[1]
+            statements.append({**params, "node_id": node_id})
+        if not statements:
+            return []
+        # One order for every writer of taskd_jobs rows: fewer lock waits, no deadlock
+        # between two nodes finishing runs of the same jobs.
+        ordered = sorted(statements, key=lambda params: (params["job_id"], params["run_id"]))
+        check = {"run_ids": [p["run_id"] for p in statements],
+                 "node_ids": [p["node_id"] for p in statements]}
+        with self.db.batch() as db:
+            for params in ordered:
+                db.execute(_FINISH, params)
+            done = db.cursor()
+            done.execute(_FINISHED, check)
+        ours = {run_id for (run_id,) in done.fetchall()}
+        return [params["run_id"] in ours for params in statements]
+
+    def expire(self, older_than_s: float | None = None, *,
+               limit: int = 10_000) -> list[tuple[str, datetime]]:
+        """Mark ``missed`` the due occurrences nobody claimed in time (past their own
+        deadline, or more than ``older_than_s`` late): each is returned to exactly one
+        caller, however many nodes expire at once, so one node reports each miss."""
+        older = self.retention_s if older_than_s is None else older_than_s
+        with self.db.session() as db:
+            rows = db.execute(_EXPIRE, {"older_than_s": older, "limit": limit}).fetchall()
+        return sorted(rows, key=lambda row: (row[1], row[0]))
+
+    def running(self) -> list[dict[str, Any]]:
+        """The claimed occurrences not finished yet, node by node (for status)."""
+        with self.db.session() as db:
+            rows = db.execute(_RUNNING).fetchall()
+        return [{"node": node, "job_id": job_id, "scheduled_for": scheduled,
+                 "run_id": run_id, "claimed_at": claimed}
+                for node, job_id, scheduled, run_id, claimed in rows]
+
+    def prune(self, *, budget: int = 10_000) -> int:
+        """Forget up to ``budget`` finished occurrences older than the retention."""
+        with self.db.session() as db:
+            return db.execute(_PRUNE, {"retention_s": self.retention_s,
+                                       "budget": budget}).rowcount
+
+
+def _offer(offer: Offer | tuple[Any, ...]) -> Offer:
+    offer = offer if isinstance(offer, Offer) else Offer(*offer)
+    if offer.scheduled_for.tzinfo is None:
+        raise ValueError(f"job {offer.job_id}: scheduled_for {offer.scheduled_for} "
+                         "has no time zone")
+    if offer.deadline_s is not None:
+        offer = offer._replace(deadline_s=float(offer.deadline_s))  # one array type
+    return offer

@@ -1,0 +1,210 @@
+"""Cluster membership against a real PostgreSQL: join, heartbeat, leave, and the reaper
+that declares a silent node dead and records each of its runs exactly once as
+``node lost``, however many peers reap at once. Also the job versions each node
+publishes (spec hashes) and the conflicts between live nodes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from supervisor.cluster.database import ClusterDatabase
+from supervisor.cluster.nodes import LostRun
+from supervisor.cluster.specs import SpecHashes, spec_hash
+from supervisor.store.abc import HistoryQuery
+from tests.cluster_harness import (
+    Node,
+    db_now,
+    offers_at,
+    open_databases,
+    protocol_trace,
+    record_for,
+    round_trips,
+    rows,
+    wait_for,
+)
+
+SHORT_LEASE_S = 0.5
+
+
+@pytest.fixture
+def cluster(postgres_url: str) -> Iterator[Callable[..., ClusterDatabase]]:
+    yield from open_databases(postgres_url)
+
+
+def silent_past_lease(node: Node, peer: Node) -> bool:
+    listed = {n["id"]: n for n in peer.nodes.nodes()}[node.id]
+    return listed["heartbeat_age_s"] > listed["lease_s"]
+
+
+def test_join_heartbeat_and_the_status_list(cluster):
+    node = Node(cluster(), ["a"], workers=4)
+    beat = node.nodes.heartbeat(node.id, busy=3)
+    assert beat.alive and beat.db_now.tzinfo is not None
+    (listed,) = node.nodes.nodes()
+    assert {key: listed[key] for key in ("id", "host", "pid", "workers", "busy", "state")} == {
+        "id": node.id, "host": "host", "pid": 1000, "workers": 4, "busy": 3,
+        "state": "alive"}
+    assert 0 <= listed["heartbeat_age_s"] < 30  # by the database's clock
+    assert node.nodes.reap(node.id) == []  # nobody is silent
+
+
+def test_three_reapers_at_once_record_each_lost_run_exactly_once(cluster):
+    jobs = [f"job-{i:04d}" for i in range(30)]
+    reapers = [Node(cluster(), jobs) for _ in range(3)]
+    dying = [Node(cluster(), jobs, lease_s=SHORT_LEASE_S) for _ in range(3)]
+    at = db_now(reapers[0].db) - timedelta(seconds=1)
+    claimed = {}
+    for i, node in enumerate(dying):
+        for claim in node.claim(offers_at(at, 30)[i * 10:(i + 1) * 10], limit=10):
+            claimed[claim.run_id] = (node.id, claim)
+    assert len(claimed) == 30
+    for node in dying:
+        wait_for(lambda node=node: silent_past_lease(node, reapers[0]), "silence past lease")
+    got: list[list[LostRun]] = [[] for _ in reapers]
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                got[i] += reapers[i].nodes.reap(reapers[i].id)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    lost = [run for runs in got for run in runs]
+    assert sorted(run.run_id for run in lost) == sorted(claimed)  # each exactly once
+    for run in lost:
+        node_id, claim = claimed[run.run_id]
+        assert (run.node_id, run.job_id, run.scheduled_for) == (node_id, claim.job_id, at)
+        assert run.record["timestamp"] == claim.claimed_at.isoformat()
+    history = reapers[0].db.history(HistoryQuery(limit=100))
+    assert len(history) == 30 and {r["run_id"] for r in history} == set(claimed)
+    for record in history:
+        node_id, claim = claimed[record["run_id"]]
+        assert (record["status"], record["error"], record["node"], record["worker"]) == (
+            "FAILURE", "node lost", node_id, 0)
+        assert record["scheduled_for"] == at.isoformat()
+    states = dict(rows(reapers[0].db, "SELECT node_id, state FROM taskd_nodes"))
+    assert [states[node.id] for node in dying] == ["dead"] * 3
+    assert [states[node.id] for node in reapers] == ["alive"] * 3
+    assert rows(reapers[0].db, "SELECT DISTINCT state FROM taskd_occurrences") == [("lost",)]
+    assert reapers[1].nodes.reap(reapers[1].id) == []  # buried once
+
+
+def test_a_reaped_node_learns_it_claims_nothing_and_rejoins_as_a_new_node(cluster):
+    dying, peer = Node(cluster(), ["job"], lease_s=SHORT_LEASE_S), Node(cluster(), ["job"])
+    wait_for(lambda: silent_past_lease(dying, peer), "silence past lease")
+    assert peer.nodes.reap(peer.id) == []  # dead, with no runs to account for
+    beat = dying.nodes.heartbeat(dying.id, busy=0)
+    assert not beat.alive
+    at = db_now(peer.db) - timedelta(seconds=1)
+    assert dying.claim([("job", at, "v1")]) == []  # a dead node cannot claim
+    again = dying.nodes.join("host", 1000, 8, lease_s=SHORT_LEASE_S)
+    assert again != dying.id and dying.nodes.heartbeat(again, busy=0).alive
+    dying.specs.publish(again, {"job": "v1"})
+    (claim,) = dying.claims.claim([], 1, node_id=again)
+    assert claim.job_id == "job"
+
+
+def test_a_claim_in_flight_holds_its_node_until_it_commits(postgres_url, cluster):
+    # A claim takes its node row FOR SHARE: a reaper passes the node by meanwhile, and
+    # once the claim commits, the reaper sees that claim and accounts for it.
+    dying, peer = Node(cluster(), ["job"], lease_s=SHORT_LEASE_S), Node(cluster(), ["job"])
+    at = db_now(peer.db) - timedelta(seconds=1)
+    (claim,) = dying.claim([("job", at, "v1")])
+    wait_for(lambda: silent_past_lease(dying, peer), "silence past lease")
+    with psycopg.connect(postgres_url) as in_flight:
+        in_flight.execute("SELECT FROM taskd_nodes WHERE node_id = %s FOR SHARE",
+                          (dying.id,))
+        assert peer.nodes.reap(peer.id) == []
+    (lost,) = peer.nodes.reap(peer.id)
+    assert lost.run_id == claim.run_id
+
+
+def test_leave_is_a_clean_goodbye(cluster):
+    leaving, peer = Node(cluster(), ["a", "b"]), Node(cluster(), ["a", "b"])
+    at = db_now(peer.db) - timedelta(seconds=1)
+    (done, left_running) = leaving.claim([("a", at, "v1"), ("b", at, "v1")])
+    assert leaving.claims.finish(done.run_id, leaving.id, record_for(done, leaving.id))
+    # A run still claimed at leave (normally none) is accounted for, not left hanging.
+    (lost,) = leaving.nodes.leave(leaving.id)
+    assert lost.run_id == left_running.run_id and lost.record["error"] == "node lost"
+    assert not leaving.nodes.heartbeat(leaving.id, busy=0).alive
+    assert leaving.nodes.leave(leaving.id) == []
+    assert {n["id"]: n["state"] for n in peer.nodes.nodes()} == {
+        leaving.id: "left", peer.id: "alive"}
+    assert peer.nodes.forget(kept_s=3600) == 0
+    assert peer.nodes.forget(kept_s=0) == 1
+    assert [n["id"] for n in peer.nodes.nodes()] == [peer.id]
+
+
+def test_heartbeats_and_an_idle_reap_are_one_round_trip_each(cluster):
+    node = Node(cluster(), ["a"])
+    node.nodes.heartbeat(node.id, busy=0)  # the connection is open
+    with protocol_trace(node.db) as trace:
+        node.nodes.heartbeat(node.id, busy=1)
+    assert round_trips(trace) == 1
+    with protocol_trace(node.db) as trace:
+        assert node.nodes.reap(node.id) == []
+    assert round_trips(trace) == 1
+
+
+# -- spec hashes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("left", "right", "same"), [
+    ({"job_id": "a", "schedule": "* * * * *"}, {"schedule": "* * * * *", "job_id": "a"}, True),
+    ({"job_id": "a", "schedule": "* * * * *"}, {"job_id": "a", "schedule": "*/2 * * * *"},
+     False),
+    ({"job_id": "a", "task": {"type": "x", "env": {"A": "1"}}},
+     {"task": {"env": {"A": "1"}, "type": "x"}, "job_id": "a"}, True),
+    ({"job_id": "a", "timeout_s": 1}, {"job_id": "a", "timeout_s": 1.5}, False),
+    ({"job_id": "é"}, {"job_id": "e"}, False),
+])
+def test_a_spec_hash_depends_on_content_not_on_key_order(left, right, same):
+    assert (spec_hash(left) == spec_hash(right)) is same
+    assert len(spec_hash(left)) == 12 and int(spec_hash(left), 16) >= 0
+
+
+def test_specs_are_written_on_change_only(cluster):
+    node = Node(cluster(), [])
+    jobs = {f"job-{i:06d}": "h0" for i in range(20_000)}
+    assert node.specs.publish(node.id, jobs) == 20_000  # one bulk write, at join
+    with protocol_trace(node.db) as trace:
+        assert node.specs.publish(node.id, jobs) == 0  # a reload that changed nothing
+    assert round_trips(trace) == 0
+    edited = {**jobs, "job-000007": "h1", "job-020000": "h0"}
+    del edited["job-000008"]
+    with protocol_trace(node.db) as trace:
+        assert node.specs.publish(node.id, edited) == 3
+    assert round_trips(trace) == 1
+    assert rows(node.db, "SELECT count(*) FROM taskd_node_jobs") == [(20_000,)]
+    assert rows(node.db, "SELECT spec_hash FROM taskd_node_jobs WHERE job_id = 'job-000007'"
+                ) == [("h1",)]
+    # Another object for the same node (a restarted coordinator): a full replace.
+    assert SpecHashes(node.db).publish(node.id, {"only": "h"}) == 1
+    assert rows(node.db, "SELECT job_id FROM taskd_node_jobs") == [("only",)]
+
+
+def test_conflicts_are_jobs_whose_version_differs_between_live_nodes(cluster):
+    a, b = Node(cluster(), ["same", "edited"]), Node(cluster(), ["same", "edited"])
+    dying = Node(cluster(), [], lease_s=SHORT_LEASE_S)
+    dying.specs.publish(dying.id, {"same": "v9", "only-dying": "v9"})
+    assert [c["job_id"] for c in a.specs.conflicts()] == ["same"]  # the silent one counts
+    b.specs.publish(b.id, {"same": "v1", "edited": "v2", "only-b": "v1"})
+    wait_for(lambda: silent_past_lease(dying, a), "silence past lease")
+    a.nodes.reap(a.id)  # a dead node's versions are no longer anyone's
+    assert a.specs.conflicts() == [{"job_id": "edited", "hashes": {a.id: "v1", b.id: "v2"}}]
