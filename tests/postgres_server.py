@@ -92,7 +92,11 @@ class PostgresServer:
         short = not as_root and len(tempfile.gettempdir()) < 60
         self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.label}-",
                                          dir=None if short else "/tmp"))
-        (self.dir / "owner").write_text(str(os.getpid()))
+        # Atomically: another test process's reap_stale() must never read it half
+        # written (empty: "stale") and remove a server that is just starting.
+        owner = self.dir / "owner.tmp"
+        owner.write_text(str(os.getpid()))
+        owner.rename(self.dir / "owner")
         if as_root:
             try:
                 account = pwd.getpwnam(SUPERUSER)

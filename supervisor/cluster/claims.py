@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from supervisor.cluster.database import ClusterDatabase
-from supervisor.store.postgres import _INSERT_RECORD, _RECORD, _record
+from supervisor.store.postgres import JOB_LAST_RUN, record_statement
 from workers.execution import new_run_id
 
 # How long a finished row is kept (``prune``); an offer older than this is refused, so a
@@ -105,9 +105,6 @@ RETURNING o.job_id, o.scheduled_for, o.run_id, o.claimed_at
 # The store's record statement with its insert guarded: written only while the
 # occurrence is this node's claim (or already its done run: a finish sent again after
 # a connection broke). The rest, the job's last run, is the store's own SQL.
-if not _RECORD.startswith(_INSERT_RECORD):  # pragma: no cover - a change in the store
-    raise ImportError("supervisor.store.postgres: _RECORD no longer starts with "
-                      "_INSERT_RECORD, which the cluster's finish relies on")
 _FINISH = """
 WITH done AS (
     UPDATE taskd_occurrences SET state = 'done', finished_at = coalesce(finished_at, now())
@@ -122,7 +119,7 @@ WITH done AS (
 ), finished AS (
     DELETE FROM taskd_unfinished WHERE run_id = %(run_id)s AND EXISTS (SELECT FROM done)
 )
-""" + _RECORD[len(_INSERT_RECORD):]
+""" + JOB_LAST_RUN
 
 _UNANSWERED = ("SELECT job_id, scheduled_for, run_id, claimed_at FROM taskd_occurrences "
                "WHERE run_id = ANY(%(run_ids)s::text[]) AND node_id = %(node_id)s "
@@ -224,7 +221,7 @@ class Claims:
         for run_id, node_id, record in finished:
             if record.get("run_id") != run_id or record.get("hook") or record.get("manual"):
                 raise ValueError(f"run {run_id}: not the record of that claimed occurrence")
-            params = _record(record)[1]
+            params = record_statement(record)[1]
             statements.append({**params, "node_id": node_id})
         if not statements:
             return []

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from supervisor.cluster.database import ClusterDatabase
-from supervisor.store.postgres import _record
+from supervisor.store.postgres import record_statement
 from workers.execution import Execution, failure_record
 
 NODE_LOST = "node lost"
@@ -159,7 +159,7 @@ def _bury(db: psycopg.Connection, node_ids: Sequence[str]) -> list[LostRun]:
     lost.sort(key=lambda run: (run.job_id, run.run_id))  # the order finishes use
     # The store's own record statement (history, and the job's last run), all of them
     # in one round trip.
-    statements = [_record(run.record) for run in lost]
+    statements = [record_statement(run.record) for run in lost]
     with db.pipeline():
         for sql, params in statements:
             db.execute(sql, params)

@@ -211,8 +211,9 @@ WITH new AS (
 )
 """
 # A new record is also its job's last run (success or failure; the occurrence accounted
-# unless manual).
-_RECORD = _INSERT_RECORD + """
+# unless manual): the upsert reads the ``new`` CTE above (or any CTE of that name and
+# shape, as the cluster's finish has).
+JOB_LAST_RUN = """
 INSERT INTO taskd_jobs AS j (job_id, records, last_started, last_status, last_error,
                              last_success, last_failure, last_scheduled)
 SELECT job_id, 1, %(timestamp)s::text, %(status)s::text, %(error)s::text,
@@ -226,6 +227,7 @@ ON CONFLICT (job_id) DO UPDATE SET
     last_failure = coalesce(excluded.last_failure, j.last_failure),
     last_scheduled = greatest(j.last_scheduled, excluded.last_scheduled)
 """
+_RECORD = _INSERT_RECORD + JOB_LAST_RUN
 
 # A hook's record is history, but not its job's last run.
 _HOOK_RECORD = _INSERT_RECORD + """
@@ -258,11 +260,12 @@ _PAUSED = ("INSERT INTO taskd_jobs (job_id, paused) VALUES (%(job_id)s, %(paused
 def _statements(item: dict[str, Any]) -> list[Statement]:
     record = item.get("record")
     if record is not None:
-        return [_record(record)]
+        return [record_statement(record)]
     return _MARKS[item["mark"]](item)
 
 
-def _record(record: dict[str, Any]) -> Statement:
+def record_statement(record: dict[str, Any]) -> Statement:
+    """The statement that stores one execution record (a hook's, or a job's last run)."""
     params = {"run_id": record["run_id"], "job_id": record["job_id"],
               "started": _epoch(record["timestamp"]), "status": record["status"],
               "record": json.dumps(record, ensure_ascii=False)}
