@@ -87,12 +87,20 @@ _SOCKET_HELP = ("Control socket (default: $TASKD_SOCKET, else /run/taskd/taskd.s
                    "own (cron's MAILTO): a shell command, or a task object such as "
                    "'{\"type\": \"http_request\", \"url\": \"...\", \"method\": \"POST\"}'; "
                    "it gets the execution record as JSON on stdin (or as the body).")
+@click.option("--cluster", default=None, metavar="URL", envvar="TASKD_CLUSTER",
+              help="Run as one node of a cluster sharing this PostgreSQL database "
+                   "(postgresql://...; default $TASKD_CLUSTER): each occurrence runs once "
+                   "on whichever node claims it. Needs the cluster extra (psycopg).")
+@click.option("--lease", default=15.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=1.0),
+              help="In a cluster: a node silent this long is declared dead by its peers.")
 def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
           misfire_grace: float, grace_period: float, socket_path: str | None,
           socket_group: str | None, metrics_port: int | None, metrics_address: str,
           allow_insecure_files: bool, rescan_interval: float,
           heartbeat_timeout: float, state_dir: str | None, history_days: float,
-          history_per_job: int, on_failure: str | None) -> None:
+          history_per_job: int, on_failure: str | None, cluster: str | None,
+          lease: float) -> None:
     """Run the daemon in the foreground (as systemd expects).
 
     Example: taskd start --workers 8 --jobs-dir conf/jobs.d --log-file /var/log/taskd.jsonl
@@ -104,6 +112,8 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
 
     zone_name = _zone_or_exit(zone, code=2)
     default_hook = _hook_or_exit(on_failure) if on_failure is not None else None
+    if cluster is not None:
+        _check_cluster(cluster, state_dir)
     _check_jobs_dir(jobs_dir)
     if log_file is not None:
         _check_log_file(log_file)
@@ -116,10 +126,23 @@ def start(workers: int, jobs_dir: str, log_file: str | None, zone: str | None,
                             allow_insecure_files=allow_insecure_files,
                             rescan_interval_s=rescan_interval,
                             heartbeat_timeout_s=heartbeat_timeout,
-                            state_dir=state_dir_from(state_dir, os.environ),
+                            state_dir=None if cluster else state_dir_from(state_dir,
+                                                                          os.environ),
                             history_days=history_days, history_per_job=history_per_job,
-                            on_failure=default_hook)
+                            on_failure=default_hook, cluster=cluster, lease_s=lease)
     sys.exit(run_daemon(options))
+
+
+def _check_cluster(url: str, state_dir: str | None) -> None:
+    if not url.startswith(("postgresql://", "postgres://")):
+        _fail(f"--cluster {url!r}: expected a postgresql:// URL", code=2)
+    if state_dir is not None:
+        _fail("--cluster and --state-dir: a cluster keeps its state in its database; "
+              "give one of them", code=2)
+    from importlib.util import find_spec
+
+    if find_spec("psycopg") is None:
+        _fail("--cluster needs psycopg: pip install 'taskd[cluster]'", code=2)
 
 
 def _hook_or_exit(text: str):

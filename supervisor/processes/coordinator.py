@@ -13,12 +13,14 @@ a second; the schedule then coalesces what came due (see ``schedule.py``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -86,6 +88,8 @@ class DaemonOptions:
     history_days: float = 30.0
     history_per_job: int = 1000
     on_failure: HookTask | None = None  # --on-failure: for jobs without their own
+    cluster: str | None = None  # --cluster: the PostgreSQL URL the nodes share
+    lease_s: float = 15.0
 
 
 class Coordinator:
@@ -94,7 +98,7 @@ class Coordinator:
                  diagnostics: Diagnostics | None = None,
                  notifier: Notifier | None = None, control: Any = None,
                  metrics: Any = None, memory: Memory | None = None,
-                 state: str = "memory") -> None:
+                 state: str = "memory", cluster: Any = None) -> None:
         self.options = options
         self.queue = queue
         self.logger = logger
@@ -104,6 +108,11 @@ class Coordinator:
         self.notifier = notifier or Notifier()
         self.control = control  # the control socket server, when there is one
         self.metrics = metrics  # Prometheus metrics, when --metrics-port is given
+        # The cluster agent (cluster_agent.ClusterAgent), in cluster mode: scheduled runs
+        # are offered to the cluster and run where they are claimed.
+        self.cluster = cluster
+        self._claimed: set[str] = set()  # run ids of this node's claims not finished
+        self._published: dict[str, str] = {}
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
         self.memory = memory  # what the state store had at start, until load() used it
         self.state = state  # the store's file, or "memory"
@@ -114,6 +123,7 @@ class Coordinator:
         self._next_alive = self.clock.monotonic()
         self._stopping_at: datetime | None = None
         self._loaded = False  # the first load is done (later @reboot jobs wait a start)
+        self._starting = False  # handing out the @reboot runs
         self.reconciler = Reconciler(partial(
             read_stamped_job_file, default_zone=options.timezone,
             trusted_only=not options.allow_insecure_files))
@@ -157,6 +167,7 @@ class Coordinator:
         if self.memory is not None:
             self.dispatcher.restore(self.memory.pending_retries, self.clock.now())
         self._run_at_start()
+        self._publish_jobs()
         self._seed_metrics()
         self.memory = None  # read once: the schedule keeps what it needs
         self._loaded = True
@@ -176,8 +187,8 @@ class Coordinator:
     def _account_for_lost_runs(self) -> None:
         """Runs a previous daemon handed out and never recorded (it was killed, or the
         machine went down): one FAILURE record each, ``daemon lost``. Never re-run."""
-        if self.memory is None:
-            return
+        if self.memory is None or self.cluster is not None:
+            return  # in a cluster, a dead node's runs are its peers' to record
         alive = self.memory.last_alive
         for run in self.memory.unfinished:
             started = datetime.fromtimestamp(run["dispatched_at"], UTC)
@@ -192,10 +203,12 @@ class Coordinator:
     def _run_at_start(self) -> None:
         """``@reboot`` / ``@start`` jobs: one run each, now that the daemon has started."""
         now = self.clock.now()
+        self._starting = True  # in a cluster too, each node runs them as it starts
         for state in list(self.schedule.jobs.values()):
             spec = state.spec
             if spec.at_start and spec.enabled and spec.job_id not in self.schedule.paused:
                 self.submit(Occurrence(spec, now, at_start=True))
+        self._starting = False
 
     def _seed_metrics(self) -> None:
         if self.metrics is None or self.memory is None:
@@ -225,6 +238,8 @@ class Coordinator:
             self.logger.check()
         self._collect(self.queue.service())
         self._collect(self.dispatcher.take_records())
+        if self.cluster is not None:
+            self._cluster_step(ready)
         if self.control is not None and (self.control.clients
                                          or _any_in(self.control.wait_objects(), ready)):
             self.control.service()  # may ask for a run, a reload or a stop
@@ -265,6 +280,8 @@ class Coordinator:
 
     def _wait_objects(self) -> list[Any]:
         objects = [*self.queue.wait_objects(), *self.logger.wait_objects()]
+        if self.cluster is not None:
+            objects.append(self.cluster.wait_object())
         if not self.stopping:
             objects.append(self.watcher)
             if self.control is not None:
@@ -360,6 +377,8 @@ class Coordinator:
             self.emit(event)
         for event in self.schedule.take_events():
             self._missed(event)
+        if self._loaded and (changes.upserted or changes.removed):
+            self._publish_jobs()
 
     def _dispatch_due(self) -> None:
         now = self.clock.now()
@@ -393,8 +412,15 @@ class Coordinator:
         return self.dispatcher.offer(occurrence, self.clock.now())
 
     def _hand_out(self, execution: Execution) -> None:
-        """To a worker, now. Every run but a hook's is marked dispatched in the store
-        first: its record comes after this."""
+        """To a worker, now; in a cluster, a scheduled run is offered instead, and runs
+        where it is claimed (see ``_cluster_step``). Every run but a hook's is marked
+        dispatched in the store first: its record comes after this."""
+        if self.cluster is not None:
+            if _claimable(execution) and not self._starting:
+                self._offer(execution)
+                return
+            self.queue.put(execution)  # manual runs, retries and hooks: this node's own
+            return
         if self.logger.storing and execution.hook is None:
             state = self.schedule.jobs.get(execution.job_id)
             self.logger.mark({"mark": "dispatched", "job_id": execution.job_id,
@@ -405,6 +431,67 @@ class Coordinator:
                               "manual": execution.manual})
         self.queue.put(execution)
 
+    # -- cluster mode --------------------------------------------------------------------
+
+    def _offer(self, execution: Execution) -> None:
+        state = self.schedule.jobs.get(execution.job_id)
+        self.schedule.run_dropped(execution.job_id, execution.run_id)  # runs where claimed
+        if state is None:
+            return
+        self.cluster.offer(execution.job_id, datetime.fromisoformat(execution.scheduled_for),
+                           self._published.get(execution.job_id),
+                           self.schedule.grace_s(state.spec))
+
+    def _cluster_step(self, ready: list[Any]) -> None:
+        if self.cluster.wait_object() in ready:
+            results = self.cluster.take()
+            for event in results.events:
+                self.emit(event)
+            if results.fenced:
+                for run_id in sorted(self._claimed):
+                    self._stop_run(run_id, "node lost")
+            for claim in results.claims:
+                self._run_claim(claim)
+            for lost in results.lost:
+                self.emit({"event": "node_lost", "level": "warning", "node": lost.node_id,
+                           "job_id": lost.job_id, "run_id": lost.run_id,
+                           "scheduled_for": lost.scheduled_for.isoformat()})
+                self._collect([lost.record])
+            for job_id, scheduled_for in results.missed:
+                state = self.schedule.jobs.get(job_id)
+                self.emit({"event": "missed", "level": "warning", "job_id": job_id,
+                           "file": state.spec.file if state else None,
+                           "scheduled_for": scheduled_for.isoformat(),
+                           "reason": "no node claimed it within its deadline"})
+        busy = len(self.queue.busy())
+        idle = self.options.workers - busy - self.queue.depth()
+        self.cluster.set_capacity(max(0, idle), busy)
+
+    def _run_claim(self, claim: Any) -> None:
+        """Run an occurrence this node claimed, as this node's version of the job."""
+        state = self.schedule.jobs.get(claim.job_id)
+        scheduled_for = claim.scheduled_for.astimezone(self.clock.now().tzinfo)
+        if state is None:  # removed here after it was offered: still one record
+            execution = Execution(run_id=claim.run_id, job_id=claim.job_id,
+                                  scheduled_for=scheduled_for.isoformat(), task_type="")
+            now = self.clock.now()
+            self._claimed.add(claim.run_id)
+            self._collect([failure_record(execution, started=now, finished=now, worker=0,
+                                          error="job not loaded on the claiming node")])
+            return
+        execution = self.dispatcher.execution_for(Occurrence(state.spec, scheduled_for))
+        execution = replace(execution, run_id=claim.run_id)
+        self._claimed.add(claim.run_id)
+        self.schedule.run_started(claim.job_id, claim.run_id)
+        self.queue.put(execution)
+
+    def _publish_jobs(self) -> None:
+        if self.cluster is None:
+            return
+        self._published = {job_id: spec_version(state.spec)
+                           for job_id, state in self.schedule.jobs.items()}
+        self.cluster.publish(self._published)
+
     def _stop_run(self, run_id: str, error: str) -> bool:
         cancel = getattr(self.queue, "cancel", None)
         return bool(cancel and cancel(run_id, error))
@@ -412,6 +499,11 @@ class Coordinator:
     def _collect(self, records: list[dict[str, Any]]) -> None:
         now = self.clock.now()
         for record in records:
+            if self.cluster is not None:
+                record.setdefault("node", self.cluster.node_id)
+                if record["run_id"] in self._claimed:
+                    self._claimed.discard(record["run_id"])
+                    self.cluster.finished(record)
             state = self.schedule.jobs.get(record["job_id"])
             previous_status = state.last_status if state is not None else None
             self.schedule.run_finished(record)
@@ -444,6 +536,10 @@ class Coordinator:
             "counters": {**self.counters, "worker_restarts": self.queue.restarts},
             "jobs": [self._job_status(state) for _, state in sorted(self.schedule.jobs.items())],
             "concurrency_groups": self.dispatcher.status()["groups"],
+            **({"node": self.cluster.node_id, "nodes": self.cluster.nodes,
+                "conflicts": self.cluster.conflicts,
+                "cluster_connected": self.cluster.connected}
+               if self.cluster is not None else {}),
             "errors": [{"file": file, "error": error} for file, error in sorted(errors.items())],
         }
 
@@ -551,9 +647,26 @@ class Coordinator:
         # Scheduling stopped at the stop request: what fell after it (during the grace
         # period) is the next start's to catch up.
         self._mark_alive(at=self._stopping_at or self.clock.now())
+        if self.cluster is not None:
+            self.cluster.stop()  # its claimed runs finished, it leaves the cluster
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
+
+
+def _claimable(execution: Execution) -> bool:
+    """Runs of the schedule go through the cluster's claims; a manual run, a retry (of a
+    run this node claimed) and a hook are this node's own."""
+    return (not execution.manual and execution.hook is None
+            and (execution.attempt or 1) == 1)
+
+
+def spec_version(spec: Any) -> str:
+    """A short hash of what a job does and when: equal on nodes with the same file."""
+    document = [spec.schedule, spec.timezone, spec.task_type, dict(spec.task_params),
+                spec.timeout_s, spec.overlap, spec.enabled, spec.policy.describe()]
+    text = json.dumps(document, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _any_in(objects: list[Any], ready: list[Any]) -> bool:

@@ -101,6 +101,15 @@ def run_daemon(options: DaemonOptions) -> int:
             diagnostics.emit(_store_unusable(str(error), store_path(options.state_dir)))
         if store is not None:
             state = store[0]
+    agent = None
+    if options.cluster is not None:
+        from supervisor.processes.cluster_agent import ClusterAgent
+        from supervisor.store.postgres import redact_url
+
+        memory, store = _open_cluster_state(options, diagnostics)
+        state = redact_url(options.cluster)
+        agent = ClusterAgent(options.cluster, workers=options.workers,
+                             lease_s=options.lease_s)
 
     def on_store_failed(message: str) -> None:
         coordinator.state = "memory"
@@ -116,7 +125,7 @@ def run_daemon(options: DaemonOptions) -> int:
     watcher = DirectoryWatcher(options.jobs_dir)
     coordinator = Coordinator(options, queue=pool, logger=logger, watcher=watcher,
                               diagnostics=diagnostics, notifier=Notifier(), control=control,
-                              metrics=metrics, memory=memory, state=state)
+                              metrics=metrics, memory=memory, state=state, cluster=agent)
     _prepare_child_environment()
     # Signals first: a SIGTERM that arrives while children start is not lost.
     coordinator.install_signal_handlers()
@@ -128,6 +137,8 @@ def run_daemon(options: DaemonOptions) -> int:
     try:
         logger.start()
         pool.start()
+        if agent is not None:  # its connection opened after every child is forked
+            agent.start()
         watcher.start()
         coordinator.load()
         coordinator.run_forever()
@@ -175,6 +186,30 @@ def _open_state(options: DaemonOptions, diagnostics: Diagnostics) -> tuple[Any, 
     retention = Retention(max_age_s=options.history_days * 86400.0,
                           per_job=options.history_per_job)
     return memory, (path, retention)
+
+
+def _open_cluster_state(options: DaemonOptions, diagnostics: Diagnostics
+                        ) -> tuple[Any, Any]:
+    """The cluster database as the state store: its schema created or upgraded (under
+    the schema lock), what the nodes remember read back. Unreachable now: state in
+    memory on this node (the agent keeps trying to join; nothing is claimed meanwhile)."""
+    from supervisor.store.abc import StoreError
+    from supervisor.store.postgres import PostgresStore
+    from supervisor.store.writer import Retention
+
+    assert options.cluster is not None
+    try:
+        store = PostgresStore(options.cluster)
+        try:
+            memory = store.load_memory()
+        finally:
+            store.close()
+    except StoreError as error:
+        diagnostics.emit(_store_unusable(str(error), ""))
+        return None, None
+    retention = Retention(max_age_s=options.history_days * 86400.0,
+                          per_job=options.history_per_job)
+    return memory, (options.cluster, retention)
 
 
 def _store_unusable(message: str, path: str) -> dict[str, Any]:

@@ -19,12 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.store.abc import StoreError
+from supervisor.store.abc import StateStore, StoreError
 from supervisor.store.sqlite import SQLiteStore
 
 BATCH_ITEMS = 500
 PRUNE_EVERY_S = 60.0
 PRUNE_CHUNK = 1000  # rows per transaction: a write waits at most one chunk
+
+
+def open_store(location: str) -> StateStore:
+    """The store at ``location``: a ``postgresql://`` URL (cluster mode, which imports
+    psycopg) or an SQLite file."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from supervisor.store.postgres import PostgresStore
+
+        return PostgresStore(location)
+    return SQLiteStore(location)
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,9 @@ class StoreWriter:
         self._items: list[dict[str, Any]] = []
         self._first_pending_at = 0.0
         self.failed: str | None = None
-        self._store: SQLiteStore | None = None
+        self._store: StateStore | None = None
         try:
-            self._store = SQLiteStore(path)
+            self._store = open_store(path)
         except StoreError as error:
             self.failed = str(error)
         self._next_prune = monotonic()  # once at start, then every PRUNE_EVERY_S
@@ -74,7 +84,7 @@ class StoreWriter:
         if store is None or not items:
             return
         try:
-            if store.file_replaced():
+            if getattr(store, "file_replaced", lambda: False)():  # an SQLite file's
                 raise StoreError(f"{self.path}: deleted or replaced while taskd was using it")
             store.apply(items)
         except StoreError as error:

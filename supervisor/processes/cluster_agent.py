@@ -1,0 +1,325 @@
+"""The node's link to the cluster database, on a thread of its own.
+
+The coordinator's loop never waits on the network: it hands the agent what came due
+(``offer``), how many runs it can take (``capacity``) and what finished (``finished``),
+and picks up what came back (``take``) when the agent's wake-up socket is readable.
+The agent, on its thread:
+
+- joins the cluster (after the workers are forked: no child inherits the connection),
+  publishes the node's job versions, and heartbeats every ``lease_s / 3``;
+- after each heartbeat reaps the nodes silent past their lease (their runs get one
+  ``node lost`` record each, written in the reaping transaction) and expires offers
+  nobody claimed in time (each reported ``missed`` by exactly one node);
+- sends offers and claims together, one round trip per batch, no earlier than the
+  offered instant by the database's clock (the measured offset), and polls for others'
+  unclaimed offers every ``CLAIM_POLL_S`` while it has capacity;
+- finishes claimed runs (their occurrence done; a late finish after ``node lost`` is
+  refused by the database).
+
+A node that learns it was declared dead, or cannot heartbeat for a whole lease by its
+own monotonic clock (it may be partitioned: its peers will declare it dead), is fenced:
+``take`` says so once, the coordinator stops its claimed runs, and the agent rejoins as
+a new node when the database answers again. While the database is away nothing is
+claimed (an occurrence never runs unclaimed); the outage is said once, and the agent
+reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+HEARTBEATS_PER_LEASE = 3
+CLAIM_POLL_S = 1.0  # others' unclaimed offers, while there is capacity
+CONFLICTS_EVERY_S = 30.0
+MAX_PENDING_OFFERS = 100_000  # held while the database is away; the oldest go first
+RECONNECT_S = (0.5, 10.0)  # backoff: first wait, most
+
+
+@dataclass
+class AgentResults:
+    """What the agent has for the coordinator since the last ``take``."""
+
+    claims: list[Any] = field(default_factory=list)  # cluster.claims.Claim
+    lost: list[Any] = field(default_factory=list)  # cluster.nodes.LostRun (peers' runs)
+    missed: list[tuple[str, datetime]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    fenced: bool = False  # this node must stop its claimed runs (declared dead)
+
+
+class ClusterAgent:
+    def __init__(self, url: str, *, workers: int, lease_s: float = 15.0,
+                 host: str | None = None, monotonic: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.url = url
+        self.workers = workers
+        self.lease_s = lease_s
+        self.host = host or socket.gethostname()
+        self._monotonic = monotonic
+        self._lock = threading.Condition()
+        self._offers: list[tuple[str, datetime, str | None, float | None]] = []
+        self._finished: list[dict[str, Any]] = []
+        self._capacity = 0
+        self._busy = 0
+        self._hashes: dict[str, str] | None = None  # to publish (None: nothing new)
+        self._results = AgentResults()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        # Read by the coordinator (status); written by the agent's thread.
+        self.node_id: str | None = None
+        self.connected = False
+        self.offset_s = 0.0  # database clock minus ours
+        self.nodes: list[dict[str, Any]] = []
+        self.conflicts: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self._published: dict[str, str] | None = None  # the last job versions published
+
+    # -- the coordinator's side ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
+        self._thread.start()
+
+    def wait_object(self) -> socket.socket:
+        return self._reader
+
+    def offer(self, job_id: str, scheduled_for: datetime, spec_hash: str | None,
+              deadline_s: float | None) -> None:
+        with self._lock:
+            self._offers.append((job_id, scheduled_for, spec_hash, deadline_s))
+            if len(self._offers) > MAX_PENDING_OFFERS:
+                del self._offers[0]
+            self._lock.notify()
+
+    def set_capacity(self, idle: int, busy: int) -> None:
+        with self._lock:
+            changed = idle > self._capacity
+            self._capacity, self._busy = idle, busy
+            if changed:
+                self._lock.notify()
+
+    def finished(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._finished.append(record)
+            self._lock.notify()
+
+    def publish(self, hashes: dict[str, str]) -> None:
+        with self._lock:
+            self._hashes = dict(hashes)
+            self._lock.notify()
+
+    def take(self) -> AgentResults:
+        try:
+            while self._reader.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            results, self._results = self._results, AgentResults()
+            # What it claimed is being handed out: no more claims until the coordinator
+            # says again how many it can take.
+            self._capacity = max(0, self._capacity - len(results.claims))
+        return results
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish what is queued, leave the cluster, end the thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- the agent's thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        from supervisor.cluster.claims import Claims
+        from supervisor.cluster.database import ClusterDatabase
+        from supervisor.cluster.nodes import Nodes
+        from supervisor.cluster.specs import SpecHashes
+        from supervisor.store.abc import StoreError
+
+        backoff = RECONNECT_S[0]
+        db = None
+        last_heartbeat = self._monotonic()
+        next_heartbeat = next_poll = next_conflicts = 0.0
+        while True:
+            try:
+                if db is None:
+                    db = ClusterDatabase(self.url)
+                    self._connected(True)
+                    nodes, claims, specs = Nodes(db), Claims(db), SpecHashes(db)
+                if self.node_id is None:
+                    self._join(nodes, specs)
+                    last_heartbeat = self._monotonic()
+                    next_heartbeat = next_poll = 0.0
+                backoff = RECONNECT_S[0]
+                mono = self._monotonic()
+                if mono >= next_heartbeat:
+                    self._heartbeat(db, nodes, claims)
+                    last_heartbeat = mono
+                    next_heartbeat = mono + self.lease_s / HEARTBEATS_PER_LEASE
+                if mono >= next_conflicts:
+                    self.conflicts = specs.conflicts()
+                    next_conflicts = mono + CONFLICTS_EVERY_S
+                with self._lock:
+                    hashes, self._hashes = self._hashes, None
+                    finished, self._finished = self._finished, []
+                if hashes is not None:
+                    specs.publish(self.node_id, hashes)
+                    self._published = hashes
+                if finished:
+                    self._finish(claims, finished)
+                next_poll = self._claim(claims, next_poll)
+                with self._lock:
+                    if self._stopping and not self._finished:
+                        break
+                    wait = min(next_heartbeat, next_poll) - self._monotonic()
+                    if wait > 0 and not self._finished and not self._hashes and not (
+                            self._offers and self._capacity):
+                        self._lock.wait(min(wait, 1.0))
+            except StoreError as error:
+                db = self._lost_connection(db, str(error))
+                if self.node_id is not None and (self._monotonic() - last_heartbeat
+                                                 >= self.lease_s):
+                    self._fence("no heartbeat for a whole lease: the database is "
+                                "unreachable, peers will declare this node dead")
+                with self._lock:
+                    if self._stopping:
+                        break
+                    self._lock.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_S[1])
+        self._leave(db)
+
+    def _connected(self, connected: bool, error: str | None = None) -> None:
+        if connected != self.connected:
+            self.connected, self.error = connected, error
+            self._deliver(events=[{"event": "cluster_connected" if connected
+                                   else "cluster_unavailable",
+                                   "level": "info" if connected else "error",
+                                   "database": _location(self.url),
+                                   **({"error": error} if error else {}),
+                                   **({} if connected else {
+                                       "effect": "nothing is claimed (no occurrence runs "
+                                                 "unclaimed) until it answers again"})}])
+
+    def _lost_connection(self, db: Any, error: str) -> None:
+        if db is not None:
+            db.close()
+        self._connected(False, error)
+
+    def _join(self, nodes: Any, specs: Any) -> None:
+        from supervisor.cluster.db_clock import measure, should_warn
+
+        offset = measure(nodes.db)
+        self.offset_s = offset.offset_s
+        self.node_id = nodes.join(self.host, os.getpid(), self.workers, self.lease_s)
+        events = [{"event": "cluster_joined", "level": "info", "node": self.node_id,
+                   "host": self.host, "lease_s": self.lease_s,
+                   "clock_offset_s": round(offset.offset_s, 3)}]
+        if should_warn(offset):
+            events.append({"event": "clock_skew", "level": "warning", "node": self.node_id,
+                           "offset_s": round(offset.offset_s, 3),
+                           "reason": "this host's clock differs from the database's by "
+                                     "more than 1 s; due times and leases follow the "
+                                     "database's clock, so nothing runs early or twice"})
+        with self._lock:
+            if self._hashes is None and self._published is not None:
+                self._hashes = dict(self._published)
+        self._deliver(events=events)
+
+    def _heartbeat(self, db: Any, nodes: Any, claims: Any) -> None:
+        with self._lock:
+            busy = self._busy
+        beat = nodes.heartbeat(self.node_id, busy)
+        if not beat.alive:
+            self._fence("declared dead by a peer (silent past its lease: paused, or cut "
+                        "off)")
+            return
+        lost = nodes.reap(self.node_id)
+        missed = claims.expire()
+        self.nodes = nodes.nodes()
+        if lost or missed:
+            self._deliver(lost=lost, missed=missed)
+
+    def _fence(self, reason: str) -> None:
+        old, self.node_id = self.node_id, None  # rejoins as a new node
+        self._deliver(fenced=True, events=[{"event": "node_fenced", "level": "error",
+                                            "node": old, "reason": reason}])
+
+    def _claim(self, claims: Any, next_poll: float) -> float:
+        """Send the offers that are due by the database's clock, and claim; the time of
+        the next poll."""
+        now_db = time.time() + self.offset_s
+        with self._lock:
+            due = [offer for offer in self._offers if offer[1].timestamp() <= now_db]
+            later = [offer for offer in self._offers if offer[1].timestamp() > now_db]
+            capacity = self._capacity
+        mono = self._monotonic()
+        if not due and (capacity <= 0 or mono < next_poll):
+            if later:  # wake when the first of them is due
+                return min(next_poll, mono + max(0.0, min(o[1].timestamp() for o in later)
+                                                 - now_db))
+            return next_poll if capacity > 0 else mono + CLAIM_POLL_S
+        from supervisor.cluster.claims import Offer
+
+        got = claims.claim([Offer(*offer) for offer in due], capacity, node_id=self.node_id)
+        with self._lock:
+            sent = set(map(id, due))
+            self._offers = [offer for offer in self._offers if id(offer) not in sent]
+        if got:
+            self._deliver(claims=got)
+        return mono + CLAIM_POLL_S
+
+    def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
+        answers = claims.finish_many([(record["run_id"], self._node_of(record), record)
+                                      for record in finished])
+        refused = [record for record, kept in zip(finished, answers, strict=True) if not kept]
+        if refused:
+            self._deliver(events=[{"event": "late_finish_refused", "level": "warning",
+                                   "node": record.get("node"), "job_id": record["job_id"],
+                                   "run_id": record["run_id"],
+                                   "reason": "its run was already recorded node lost"}
+                                  for record in refused])
+
+    def _node_of(self, record: dict[str, Any]) -> str:
+        return record.get("node") or self.node_id or ""
+
+    def _leave(self, db: Any) -> None:
+        if db is None or self.node_id is None:
+            return
+        from supervisor.cluster.nodes import Nodes
+        from supervisor.store.abc import StoreError
+
+        try:
+            Nodes(db).leave(self.node_id)
+        except StoreError:
+            pass  # its peers will declare it dead after its lease
+        finally:
+            db.close()
+
+    def _deliver(self, **results: Any) -> None:
+        with self._lock:
+            for key, value in results.items():
+                if key == "fenced":
+                    self._results.fenced = self._results.fenced or value
+                else:
+                    getattr(self._results, key).extend(value)
+        try:
+            self._writer.send(b"!")
+        except (BlockingIOError, OSError):
+            pass  # already readable
+
+
+def _location(url: str) -> str:
+    from supervisor.store.postgres import redact_url
+
+    return redact_url(url)

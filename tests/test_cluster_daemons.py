@@ -1,0 +1,160 @@
+"""Cluster mode with real daemons: 2-3 nodes as separate processes on one machine, one
+real PostgreSQL (tests/postgres_server.py). Every wait polls with a deadline.
+
+Each node has its own jobs directory holding the same files (as config management would
+ship them) and its own execution log; the shared history is the database's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import Daemon, descendants, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    def __init__(self, base: Path, url: str, nodes: int, *, workers: int = 4,
+                 lease_s: float = 15.0) -> None:
+        self.url = url
+        for n in range(nodes):
+            (base / f"node{n}").mkdir(exist_ok=True)
+        self.nodes = [Daemon(base / f"node{n}", workers=workers,
+                             args=("--cluster", url, "--lease", str(lease_s)))
+                      for n in range(nodes)]
+
+    def write_job(self, name: str, **fields) -> None:
+        for node in self.nodes:
+            node.write_job(name, **fields)
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start(wait_ready=False)
+        for node in self.nodes:
+            node.wait_event("ready")
+            node.wait_event("cluster_joined")
+        return self
+
+    def records(self, job_id: str | None = None) -> list[dict]:
+        return [r for node in self.nodes for r in node.records(job_id)]
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def cluster_of(tmp_path, postgres_url):
+    made: list[Cluster] = []
+
+    def make(nodes: int, **options) -> Cluster:
+        made.append(Cluster(tmp_path, postgres_url, nodes, **options))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.kill()
+
+
+def at(seconds_from_now: float) -> datetime:
+    return (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).replace(microsecond=0)
+
+
+def test_one_time_jobs_due_at_one_instant_run_once_each_spread_over_nodes(cluster_of):
+    cluster = cluster_of(3)
+    instant = at(6).isoformat()
+    for n in range(300):
+        cluster.write_job(f"once-{n:03}.json", schedule=instant, command="true")
+    cluster.start()
+    wait_until(lambda: len(cluster.records()) >= 300, timeout=60,
+               message="300 records over the nodes")
+    records = cluster.records()
+    counts = Counter(r["job_id"] for r in records)
+    assert len(counts) == 300 and set(counts.values()) == {1}, counts.most_common(3)
+    per_node = Counter(r["node"] for r in records)
+    assert len(per_node) == 3, per_node  # every node ran some
+    assert all(r["status"] == "SUCCESS" and r["scheduled_for"] == instant for r in records)
+    for r in records:  # never before its instant, by any node's clock (one machine here)
+        assert datetime.fromisoformat(r["timestamp"]) >= datetime.fromisoformat(instant)
+    status = cluster.nodes[0].client_json("status")
+    assert len([n for n in status["nodes"] if n["state"] == "alive"]) == 3
+
+
+def test_per_second_jobs_run_each_second_once_across_nodes(cluster_of):
+    cluster = cluster_of(2)
+    for n in range(20):
+        cluster.write_job(f"tick-{n}.json", schedule="* * * * * *", command="true")
+    cluster.start()
+    wait_until(lambda: len(cluster.records("tick-0")) >= 6, timeout=60,
+               message="six seconds of tick-0")
+    for node in cluster.nodes:
+        node.stop()
+    records = cluster.records()
+    seconds = Counter((r["job_id"], r["scheduled_for"]) for r in records)
+    assert seconds and max(seconds.values()) == 1, seconds.most_common(3)
+    assert all(r["node"] for r in records)
+    # No gap: between a job's first and last run, every second ran once or was reported
+    # missed (a loaded machine may coalesce seconds; it never runs one twice).
+    missed = [e for node in cluster.nodes for e in node.events("missed")]
+    for job in {r["job_id"] for r in records}:
+        ran = sorted(datetime.fromisoformat(r["scheduled_for"]) for r in records
+                     if r["job_id"] == job)
+        covered = set(ran)
+        for event in (e for e in missed if e["job_id"] == job):
+            first = datetime.fromisoformat(event["scheduled_for"])
+            last = datetime.fromisoformat(event.get("last", event["scheduled_for"]))
+            covered |= {first + timedelta(seconds=n)
+                        for n in range(int((last - first).total_seconds()) + 1)}
+        every = {ran[0] + timedelta(seconds=n)
+                 for n in range(int((ran[-1] - ran[0]).total_seconds()) + 1)}
+        assert every <= covered, (job, sorted(every - covered)[:3])
+
+
+def test_a_killed_node_s_runs_are_recorded_node_lost_by_a_peer(cluster_of, tmp_path):
+    cluster = cluster_of(2, lease_s=2.0)
+    started = tmp_path / "started"
+    instant = at(5).isoformat()
+    for n in range(8):
+        cluster.write_job(f"long-{n}.json", schedule=instant,
+                          command=f"echo $TASKD_RUN_ID >> {started}; sleep 60")
+    cluster.start()
+    wait_until(lambda: started.exists() and len(started.read_text().split()) == 8,
+               timeout=40, message="all 8 runs started")
+    victim = next(node for node in cluster.nodes if _running_here(node))
+    survivor = next(node for node in cluster.nodes if node is not victim)
+    victim_pids = _tree(victim.pid)
+    for pid in victim_pids:  # the whole node: coordinator, workers, tasks
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    victim.process.wait(timeout=10)
+    lost = survivor.wait_records(where=lambda r: r["error"] == "node lost", timeout=30)
+    status = survivor.client_json("status")
+    dead = [n for n in status["nodes"] if n["state"] == "dead"]
+    assert len(dead) == 1
+    victim_runs = wait_until(lambda: [r for r in survivor.records()
+                                      if r["error"] == "node lost"], timeout=10)
+    assert {r["node"] for r in victim_runs} == {dead[0]["id"]}
+    assert len({r["run_id"] for r in victim_runs}) == len(victim_runs)  # once each
+    assert lost
+
+
+def _running_here(node: Daemon) -> bool:
+    try:
+        status = node.client_json("status")
+    except AssertionError:
+        return False
+    return any(worker["state"] == "busy" for worker in status["workers"])
+
+
+def _tree(pid: int) -> list[int]:
+    return [pid, *sorted(descendants(pid))]
+
