@@ -641,6 +641,9 @@ def test_validate_a_fuzzed_file_exits_0_or_1_with_lines_naming_it(data):
 
 @examples(100)
 @given(valid_job_bytes())
+# A DST warning once quoted a schedule with a line break in it: two lines.
+@example(b'\xef\xbb\xbf{"job_id": "0", "schedule": "* 00,* * * *\\n", "task": {"type": '
+         b'"execute_command", "command": "0"}, "timezone": "Europe/Berlin"}')
 def test_validate_a_valid_generated_file_exits_0(data):
     with tempfile.TemporaryDirectory() as directory:
         path = write(directory, "valid.json", data)

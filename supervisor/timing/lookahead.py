@@ -38,6 +38,7 @@ from supervisor.timing.triggers import (
     wall_offsets,
 )
 from supervisor.timing.zones import UTC
+from workers.params import show
 
 _SECOND = timedelta(seconds=1)
 _TINY = timedelta(microseconds=1)
@@ -435,7 +436,7 @@ def describe_notice(notice: DstNotice, schedule: str) -> str:
     if notice.more:
         plural = "s" if notice.more > 1 else ""
         what += f"; the same at {notice.more} more DST {notice.kind}{plural} after that"
-    return f'schedule "{schedule}" in {notice.zone.key}: {what}'
+    return f"schedule {show(schedule)} in {notice.zone.key}: {what}"  # one line, escaped
 
 
 def _clock_text(wall: datetime) -> str:
