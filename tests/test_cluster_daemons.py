@@ -7,6 +7,7 @@ ship them) and its own execution log; the shared history is the database's.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import Counter
@@ -158,3 +159,66 @@ def _running_here(node: Daemon) -> bool:
 def _tree(pid: int) -> list[int]:
     return [pid, *sorted(descendants(pid))]
 
+
+
+def test_status_shows_the_nodes_and_a_job_whose_files_differ(cluster_of):
+    cluster = cluster_of(2, lease_s=2.0)
+    cluster.write_job("same.json", schedule="0 3 * * *", command="true")
+    cluster.nodes[0].write_job("differs.json", schedule="0 4 * * *", command="echo one")
+    cluster.nodes[1].write_job("differs.json", schedule="0 4 * * *", command="echo two")
+    cluster.start()
+
+    def conflicts():
+        status = cluster.nodes[0].client_json("status")
+        return status["conflicts"] if len(status["nodes"]) == 2 else None
+
+    found = wait_until(conflicts, timeout=30, message="the conflict seen")
+    assert [c["job_id"] for c in found] == ["differs"]
+    assert len(found[0]["hashes"]) == 2
+    text = cluster.nodes[1].client("status").stdout
+    assert "NODES (2 alive" in text and "conflict: job differs differs between nodes" in text
+
+
+def shared_history(url: str) -> list[dict]:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        return [json.loads(record) for (record,) in db.execute(
+            "SELECT record FROM taskd_executions ORDER BY started")]
+
+
+def test_a_node_stopped_past_its_lease_is_fenced_and_rejoins_no_run_twice(cluster_of,
+                                                                        tmp_path):
+    cluster = cluster_of(2, lease_s=2.0)
+    for n in range(4):
+        cluster.write_job(f"tick-{n}.json", schedule="* * * * * *", command="sleep 0.3")
+    cluster.write_job("long.json", schedule=at(4).isoformat(), command="sleep 60")
+    cluster.start()
+    holder = wait_until(lambda: next((node for node in cluster.nodes if any(
+        w.get("job_id") == "long" for w in node.client_json("status")["workers"])), None),
+        timeout=30, message="the long run started somewhere")
+    peer = next(node for node in cluster.nodes if node is not holder)
+    frozen = _tree(holder.pid)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        peer.wait_records("long", where=lambda r: r["error"] == "node lost", timeout=30)
+        peer.wait_records("tick-0", count=3, timeout=30)  # the peer carries on alone
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    holder.wait_event("node_fenced", timeout=30)
+    holder.wait_event("cluster_joined", count=2, timeout=30)
+    holder.wait_event("run_disowned", where=lambda e: e["job_id"] == "long", timeout=30)
+    for node in cluster.nodes:
+        assert node.stop() == 0
+    history = shared_history(cluster.url)
+    per_occurrence = Counter((r["job_id"], r["scheduled_for"]) for r in history)
+    assert max(per_occurrence.values()) == 1, per_occurrence.most_common(3)
+    logged = Counter((r["job_id"], r["scheduled_for"]) for r in cluster.records())
+    assert max(logged.values()) == 1, logged.most_common(3)
+    long_records = [r for r in history if r["job_id"] == "long"]
+    assert [r["error"] for r in long_records] == ["node lost"]

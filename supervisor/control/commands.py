@@ -243,6 +243,7 @@ class _View:
             held = _span((self.now - since).total_seconds()) if since and w.get("job_id") else ""
             lines.append(f"  {w['id']:>3}  {w.get('pid') or '-':<8} {w['state']:<6} "
                          f"{held:<9} {w.get('job_id') or ''}")
+        lines += self.cluster(s)
         shown = sorted(jobs, key=_by_next_run)[:STATUS_LIMIT]
         lines += ["", f"JOBS ({jobs_total}, soonest first; times in "
                       f"{self.now.astimezone(self.zone).tzname()})",
@@ -263,6 +264,26 @@ class _View:
             if errors_total > min(len(errors), STATUS_LIMIT):
                 lines.append(f"  … and {errors_total - min(len(errors), STATUS_LIMIT)} "
                              "more (use --json)")
+        return lines
+
+    def cluster(self, s: dict[str, Any]) -> list[str]:
+        """The cluster's nodes (cluster mode only) and jobs whose versions differ."""
+        if "nodes" not in s:
+            return []
+        nodes = [n for n in s["nodes"] if n.get("state") == "alive"]
+        connected = "" if s.get("cluster_connected") else "; database unreachable"
+        lines = ["", f"NODES ({len(nodes)} alive; this node {(s.get('node') or '-')[:12]}"
+                     f"{connected})",
+                 f"  {'NODE':<12} {'HOST':<20} {'PID':<8} {'HEARTBEAT':<10} BUSY"]
+        for n in nodes:
+            lines.append(f"  {n['id'][:12]:<12} {self.cell(n['host'], 20)} {n['pid']:<8} "
+                         f"{_span(n['heartbeat_age_s']) + ' ago':<10} "
+                         f"{n['busy']}/{n['workers']}")
+        for conflict in s.get("conflicts") or []:
+            versions = ", ".join(f"{node[:8]} {digest[:8]}"
+                                 for node, digest in sorted(conflict["hashes"].items()))
+            lines.append(f"  conflict: job {conflict['job_id']} differs between nodes "
+                         f"({versions})")
         return lines
 
     def job(self, j: dict[str, Any]) -> list[str]:

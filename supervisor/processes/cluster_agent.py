@@ -37,7 +37,7 @@ from typing import Any
 
 HEARTBEATS_PER_LEASE = 3
 CLAIM_POLL_S = 1.0  # others' unclaimed offers, while there is capacity
-CONFLICTS_EVERY_S = 30.0
+CONFLICTS_EVERY_LEASES = 1.0  # the conflict view's refresh, and after each publish
 MAX_PENDING_OFFERS = 100_000  # held while the database is away; the oldest go first
 RECONNECT_S = (0.5, 10.0)  # backoff: first wait, most
 
@@ -167,15 +167,16 @@ class ClusterAgent:
                     self._heartbeat(db, nodes, claims)
                     last_heartbeat = mono
                     next_heartbeat = mono + self.lease_s / HEARTBEATS_PER_LEASE
-                if mono >= next_conflicts:
-                    self.conflicts = specs.conflicts()
-                    next_conflicts = mono + CONFLICTS_EVERY_S
                 with self._lock:
                     hashes, self._hashes = self._hashes, None
                     finished, self._finished = self._finished, []
                 if hashes is not None:
                     specs.publish(self.node_id, hashes)
                     self._published = hashes
+                    next_conflicts = 0.0
+                if mono >= next_conflicts:
+                    self.conflicts = specs.conflicts()
+                    next_conflicts = mono + self.lease_s * CONFLICTS_EVERY_LEASES
                 if finished:
                     self._finish(claims, finished)
                 next_poll = self._claim(claims, next_poll)

@@ -112,6 +112,9 @@ class Coordinator:
         # are offered to the cluster and run where they are claimed.
         self.cluster = cluster
         self._claimed: set[str] = set()  # run ids of this node's claims not finished
+        # Runs this node held when it was declared dead: a peer recorded them node lost,
+        # so their own records are not logged a second time (one record per occurrence).
+        self._disowned: set[str] = set()
         self._published: dict[str, str] = {}
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
         self.memory = memory  # what the state store had at start, until load() used it
@@ -448,7 +451,9 @@ class Coordinator:
             for event in results.events:
                 self.emit(event)
             if results.fenced:
-                for run_id in sorted(self._claimed):
+                self._disowned |= self._claimed
+                self._claimed = set()
+                for run_id in sorted(self._disowned):
                     self._stop_run(run_id, "node lost")
             for claim in results.claims:
                 self._run_claim(claim)
@@ -499,6 +504,15 @@ class Coordinator:
     def _collect(self, records: list[dict[str, Any]]) -> None:
         now = self.clock.now()
         for record in records:
+            if record["run_id"] in self._disowned:
+                self._disowned.discard(record["run_id"])
+                self.schedule.run_dropped(record["job_id"], record["run_id"])
+                self.emit({"event": "run_disowned", "level": "warning",
+                           "job_id": record["job_id"], "run_id": record["run_id"],
+                           "status": record["status"], "error": record["error"],
+                           "reason": "this node was declared dead while it ran; a peer "
+                                     "recorded it node lost"})
+                continue
             if self.cluster is not None:
                 record.setdefault("node", self.cluster.node_id)
                 if record["run_id"] in self._claimed:
