@@ -14,7 +14,9 @@ The agent, on its thread:
   offered instant by the database's clock (the measured offset), and polls for others'
   unclaimed offers every ``CLAIM_POLL_S`` while it has capacity;
 - finishes claimed runs (their occurrence done; a late finish after ``node lost`` is
-  refused by the database).
+  refused by the database) and says which were kept: the coordinator logs a claimed
+  run's record only once the database took it, so one occurrence is one record in the
+  logs too.
 
 A node that learns it was declared dead, or cannot heartbeat for a whole lease by its
 own monotonic clock (it may be partitioned: its peers will declare it dead), is fenced:
@@ -50,6 +52,9 @@ class AgentResults:
     lost: list[Any] = field(default_factory=list)  # cluster.nodes.LostRun (peers' runs)
     missed: list[tuple[str, datetime]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Claimed runs' records sent to the database: (record, kept). Not kept: the run was
+    # recorded node lost by a peer first (this node had been declared dead).
+    finished: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
     fenced: bool = False  # this node must stop its claimed runs (declared dead)
 
 
@@ -129,6 +134,11 @@ class ClusterAgent:
             # says again how many it can take.
             self._capacity = max(0, self._capacity - len(results.claims))
         return results
+
+    def pending_finishes(self) -> list[dict[str, Any]]:
+        """Records not sent yet (at stop, when the database is away)."""
+        with self._lock:
+            return list(self._finished)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, leave the cluster, end the thread."""
@@ -281,15 +291,14 @@ class ClusterAgent:
         return mono + CLAIM_POLL_S
 
     def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
-        answers = claims.finish_many([(record["run_id"], self._node_of(record), record)
-                                      for record in finished])
-        refused = [record for record, kept in zip(finished, answers, strict=True) if not kept]
-        if refused:
-            self._deliver(events=[{"event": "late_finish_refused", "level": "warning",
-                                   "node": record.get("node"), "job_id": record["job_id"],
-                                   "run_id": record["run_id"],
-                                   "reason": "its run was already recorded node lost"}
-                                  for record in refused])
+        try:
+            answers = claims.finish_many([(record["run_id"], self._node_of(record), record)
+                                          for record in finished])
+        except BaseException:
+            with self._lock:  # sent again once the database answers (a finish is
+                self._finished[:0] = finished  # idempotent)
+            raise
+        self._deliver(finished=list(zip(finished, answers, strict=True)))
 
     def _node_of(self, record: dict[str, Any]) -> str:
         return record.get("node") or self.node_id or ""

@@ -115,6 +115,8 @@ class Coordinator:
         # Runs this node held when it was declared dead: a peer recorded them node lost,
         # so their own records are not logged a second time (one record per occurrence).
         self._disowned: set[str] = set()
+        # Claimed runs' records waiting for the database to take them (then logged).
+        self._finishing: dict[str, dict[str, Any]] = {}
         self._published: dict[str, str] = {}
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
         self.memory = memory  # what the state store had at start, until load() used it
@@ -455,6 +457,12 @@ class Coordinator:
                 self._claimed = set()
                 for run_id in sorted(self._disowned):
                     self._stop_run(run_id, "node lost")
+            for record, kept in results.finished:
+                self._finishing.pop(record["run_id"], None)
+                if kept:
+                    self._collect([record])
+                else:
+                    self._disown(record)
             for claim in results.claims:
                 self._run_claim(claim)
             for lost in results.lost:
@@ -490,6 +498,14 @@ class Coordinator:
         self.schedule.run_started(claim.job_id, claim.run_id)
         self.queue.put(execution)
 
+    def _disown(self, record: dict[str, Any]) -> None:
+        self.schedule.run_dropped(record["job_id"], record["run_id"])
+        self.emit({"event": "run_disowned", "level": "warning", "job_id": record["job_id"],
+                   "run_id": record["run_id"], "status": record["status"],
+                   "error": record["error"],
+                   "reason": "this node was declared dead while it ran; a peer recorded "
+                             "it node lost"})
+
     def _publish_jobs(self) -> None:
         if self.cluster is None:
             return
@@ -506,18 +522,15 @@ class Coordinator:
         for record in records:
             if record["run_id"] in self._disowned:
                 self._disowned.discard(record["run_id"])
-                self.schedule.run_dropped(record["job_id"], record["run_id"])
-                self.emit({"event": "run_disowned", "level": "warning",
-                           "job_id": record["job_id"], "run_id": record["run_id"],
-                           "status": record["status"], "error": record["error"],
-                           "reason": "this node was declared dead while it ran; a peer "
-                                     "recorded it node lost"})
+                self._disown(record)
                 continue
             if self.cluster is not None:
                 record.setdefault("node", self.cluster.node_id)
-                if record["run_id"] in self._claimed:
+                if record["run_id"] in self._claimed:  # logged once the database has it
                     self._claimed.discard(record["run_id"])
+                    self._finishing[record["run_id"]] = record
                     self.cluster.finished(record)
+                    continue
             state = self.schedule.jobs.get(record["job_id"])
             previous_status = state.last_status if state is not None else None
             self.schedule.run_finished(record)
@@ -663,6 +676,10 @@ class Coordinator:
         self._mark_alive(at=self._stopping_at or self.clock.now())
         if self.cluster is not None:
             self.cluster.stop()  # its claimed runs finished, it leaves the cluster
+            self._cluster_step([self.cluster.wait_object()])
+            # The database did not answer for these: logged all the same, never lost.
+            self._collect(list(self._finishing.values()))
+            self._finishing.clear()
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
