@@ -288,7 +288,9 @@ class ClusterAgent:
             self._offers = [offer for offer in self._offers if id(offer) not in sent]
         if got:
             self._deliver(claims=got)
-        return mono + CLAIM_POLL_S
+        # As many as it could take: more may be due, so claim again as soon as workers
+        # are free; else look again for others' leftovers at the next poll.
+        return mono if capacity > 0 and len(got) >= capacity else mono + CLAIM_POLL_S
 
     def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
         try:
