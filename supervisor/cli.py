@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -139,8 +140,6 @@ def _check_cluster(url: str, state_dir: str | None) -> None:
     if state_dir is not None:
         _fail("--cluster and --state-dir: a cluster keeps its state in its database; "
               "give one of them", code=2)
-    from importlib.util import find_spec
-
     if find_spec("psycopg") is None:
         _fail("--cluster needs psycopg: pip install 'taskd[cluster]'", code=2)
 
@@ -289,6 +288,31 @@ def _host_zone():
         return datetime.now().astimezone().tzinfo
 
 
+@main.group()
+def db() -> None:
+    """The cluster's database (PostgreSQL)."""
+
+
+@db.command()
+@click.option("--cluster", required=True, metavar="URL", envvar="TASKD_CLUSTER",
+              help="The cluster's database (default: $TASKD_CLUSTER).")
+def upgrade(cluster: str) -> None:
+    """Create or upgrade the cluster's schema (as taskd start does), under its advisory
+    lock: safe while nodes run. Exit 1 with the reason if it cannot."""
+    from supervisor.store import pg_migrations
+    from supervisor.store.abc import StoreError
+
+    if find_spec("psycopg") is None:
+        _fail("taskd db upgrade needs psycopg: pip install 'taskd[cluster]'", code=2)
+    from supervisor.store.postgres import PostgresStore, redact_url
+
+    try:
+        PostgresStore(cluster).close()
+    except StoreError as error:
+        _fail(str(error))
+    click.echo(f"{redact_url(cluster)}: schema at version {pg_migrations.CURRENT}")
+
+
 @main.command()
 @click.argument("job_id", required=False)
 @click.option("--status", "outcome", default=None,
@@ -306,8 +330,11 @@ def _host_zone():
                    "newest first.")
 @click.option("--state-dir", default=None, metavar="DIR",
               help="The daemon's state directory (default: $STATE_DIRECTORY).")
+@click.option("--cluster", default=None, metavar="URL", envvar="TASKD_CLUSTER",
+              help="Read the cluster's shared history from this PostgreSQL database "
+                   "instead (default: $TASKD_CLUSTER).")
 def history(job_id: str | None, outcome: str | None, since: float | None, count: int,
-            as_json: bool, state_dir: str | None) -> None:
+            as_json: bool, state_dir: str | None, cluster: str | None) -> None:
     """Show recorded runs, newest first, read from the state store (with or without a
     running daemon). Times in the table are UTC; --json has every field.
 
@@ -315,13 +342,18 @@ def history(job_id: str | None, outcome: str | None, since: float | None, count:
     taskd history --since 2026-12-01T00:00:00Z --json --state-dir /var/lib/taskd
     """
     from supervisor.store.abc import HistoryQuery, StoreError
-    from supervisor.store.sqlite import SQLiteStore
 
-    path = _store_path_or_exit(state_dir)
     query = HistoryQuery(job_id=job_id, status=outcome and outcome.upper(), since=since,
                          limit=count)
     try:
-        store = SQLiteStore(path, read_only=True)
+        if cluster is not None and state_dir is None:
+            from supervisor.store.postgres import PostgresStore
+
+            store = PostgresStore(cluster, read_only=True)
+        else:
+            from supervisor.store.sqlite import SQLiteStore
+
+            store = SQLiteStore(_store_path_or_exit(state_dir), read_only=True)
         try:
             records = store.history(query)
         finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon, descendants, wait_until
+from tests.daemon_harness import Daemon, descendants, run_client, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,24 @@ def test_per_second_jobs_run_each_second_once_across_nodes(cluster_of):
         every = {ran[0] + timedelta(seconds=n)
                  for n in range(int((ran[-1] - ran[0]).total_seconds()) + 1)}
         assert every <= covered, (job, sorted(every - covered)[:3])
+    # taskd history reads the shared history: every node's runs, newest first.
+    shown = run_client("history", "--cluster", cluster.url, "-n", "100000", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(r["run_id"] for r in json.loads(shown.stdout)) == sorted(
+        r["run_id"] for r in records)
+
+
+def test_db_upgrade_creates_the_schema_and_says_its_version(postgres_url):
+    from supervisor.store.pg_migrations import CURRENT
+
+    done = run_client("db", "upgrade", "--cluster", postgres_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"schema at version {CURRENT}")
+    again = run_client("db", "upgrade", env={"TASKD_CLUSTER": postgres_url})
+    assert again.returncode == 0 and again.stdout == done.stdout
+    bad = run_client("db", "upgrade", "--cluster", postgres_url.replace(
+        postgres_url.rsplit("/", 1)[-1].split("?")[0], "no_such_db"))
+    assert bad.returncode == 1 and "no_such_db" in bad.stderr
 
 
 def test_a_killed_node_s_runs_are_recorded_node_lost_by_a_peer(cluster_of, tmp_path):
