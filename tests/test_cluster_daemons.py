@@ -243,3 +243,31 @@ def test_a_node_stopped_past_its_lease_is_fenced_and_rejoins_no_run_twice(cluste
     assert max(logged.values()) == 1, logged.most_common(3)
     long_records = [r for r in history if r["job_id"] == "long"]
     assert [r["error"] for r in long_records] == ["node lost"]
+
+
+def test_a_database_restart_runs_nothing_unclaimed_or_twice(cluster_of, postgres_server):
+    cluster = cluster_of(2, lease_s=5.0)
+    for n in range(5):
+        cluster.write_job(f"tick-{n}.json", schedule="* * * * * *", command="true")
+    cluster.start()
+    wait_until(lambda: len(cluster.records("tick-0")) >= 3, timeout=30,
+               message="ticks before the outage")
+    postgres_server.kill()
+    try:
+        for node in cluster.nodes:
+            node.wait_event("cluster_unavailable", timeout=30)
+        during = len(cluster.records())
+    finally:
+        postgres_server.run()
+    for node in cluster.nodes:
+        node.wait_event("cluster_connected", count=2, timeout=60)
+    wait_until(lambda: len(cluster.records("tick-0")) >= 8, timeout=60,
+               message="ticks after the outage")
+    for node in cluster.nodes:
+        assert node.stop() == 0
+    logged = Counter((r["job_id"], r["scheduled_for"]) for r in cluster.records())
+    assert max(logged.values()) == 1, logged.most_common(3)
+    history = shared_history(cluster.url)
+    in_history = {(r["job_id"], r["scheduled_for"]) for r in history}
+    assert set(logged) <= in_history  # every run logged was claimed, and is in history
+    assert len(cluster.records()) > during

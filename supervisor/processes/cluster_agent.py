@@ -69,6 +69,9 @@ class ClusterAgent:
         self._monotonic = monotonic
         self._lock = threading.Condition()
         self._offers: list[tuple[str, datetime, str | None, float | None]] = []
+        self._pending_of: dict[str, tuple[str, datetime, str | None, float | None]] = {}
+        # Offers replaced by a later one before they were sent: job -> (first, count).
+        self._superseded: dict[str, tuple[datetime, int]] = {}
         self._finished: list[dict[str, Any]] = []
         self._capacity = 0
         self._busy = 0
@@ -99,10 +102,24 @@ class ClusterAgent:
 
     def offer(self, job_id: str, scheduled_for: datetime, spec_hash: str | None,
               deadline_s: float | None) -> None:
+        """Offer an occurrence. One due and not sent yet (the database is away, or slow)
+        is replaced by its job's next: what came due meanwhile coalesces into the latest,
+        as a node falling behind does, never a storm when the database is back."""
         with self._lock:
-            self._offers.append((job_id, scheduled_for, spec_hash, deadline_s))
+            superseded = self._pending_of.get(job_id)
+            # Only one already due by the database's clock and still not sent: one
+            # waiting for its instant (this clock runs ahead) is not behind.
+            if (superseded is not None and superseded in self._offers
+                    and superseded[1].timestamp() <= time.time() + self.offset_s):
+                self._offers.remove(superseded)
+                first, count = self._superseded.get(job_id, (superseded[1], 0))
+                self._superseded[job_id] = (first, count + 1)
+            offer = (job_id, scheduled_for, spec_hash, deadline_s)
+            self._offers.append(offer)
+            self._pending_of[job_id] = offer
             if len(self._offers) > MAX_PENDING_OFFERS:
-                del self._offers[0]
+                dropped = self._offers.pop(0)
+                self._pending_of.pop(dropped[0], None)
             self._lock.notify()
 
     def set_capacity(self, idle: int, busy: int) -> None:
@@ -286,8 +303,17 @@ class ClusterAgent:
         with self._lock:
             sent = set(map(id, due))
             self._offers = [offer for offer in self._offers if id(offer) not in sent]
-        if got:
-            self._deliver(claims=got)
+            for offer in due:
+                if self._pending_of.get(offer[0]) is offer:
+                    del self._pending_of[offer[0]]
+            superseded, self._superseded = self._superseded, {}
+        events = [{"event": "missed", "level": "warning", "job_id": job_id,
+                   "scheduled_for": first.isoformat(), "count": count,
+                   "reason": "not offered while the cluster database was unreachable; "
+                             "its latest occurrence was offered instead"}
+                  for job_id, (first, count) in sorted(superseded.items())]
+        if got or events:
+            self._deliver(claims=got, events=events)
         # As many as it could take: more may be due, so claim again as soon as workers
         # are free; else look again for others' leftovers at the next poll.
         return mono if capacity > 0 and len(got) >= capacity else mono + CLAIM_POLL_S
