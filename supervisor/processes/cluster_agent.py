@@ -42,6 +42,7 @@ CLAIM_POLL_S = 1.0  # others' unclaimed offers, while there is capacity
 CONFLICTS_EVERY_LEASES = 1.0  # the conflict view's refresh, and after each publish
 MAX_PENDING_OFFERS = 100_000  # held while the database is away; the oldest go first
 RECONNECT_S = (0.5, 10.0)  # backoff: first wait, most
+PRUNE_EVERY_S = 3600.0  # old occurrences and nodes gone for a day are forgotten
 
 
 @dataclass
@@ -178,6 +179,7 @@ class ClusterAgent:
         db = None
         last_heartbeat = self._monotonic()
         next_heartbeat = next_poll = next_conflicts = 0.0
+        next_prune = self._monotonic() + PRUNE_EVERY_S / 10
         while True:
             try:
                 if db is None:
@@ -201,6 +203,10 @@ class ClusterAgent:
                     specs.publish(self.node_id, hashes)
                     self._published = hashes
                     next_conflicts = 0.0
+                if mono >= next_prune:
+                    claims.prune()
+                    nodes.forget()
+                    next_prune = mono + PRUNE_EVERY_S
                 if mono >= next_conflicts:
                     self.conflicts = specs.conflicts()
                     next_conflicts = mono + self.lease_s * CONFLICTS_EVERY_LEASES
