@@ -149,7 +149,7 @@ class ClusterAgent:
         with self._lock:
             results, self._results = self._results, AgentResults()
             # What it claimed is being handed out: no more claims until the coordinator
-            # says again how many it can take.
+            # says again how many it can take (set_capacity, after it put them in).
             self._capacity = max(0, self._capacity - len(results.claims))
         return results
 
@@ -296,7 +296,9 @@ class ClusterAgent:
         with self._lock:
             due = [offer for offer in self._offers if offer[1].timestamp() <= now_db]
             later = [offer for offer in self._offers if offer[1].timestamp() > now_db]
-            capacity = self._capacity
+            # Claims delivered and not taken yet will fill workers the coordinator still
+            # counts as free: never claim more than there are workers.
+            capacity = max(0, self._capacity - len(self._results.claims))
         mono = self._monotonic()
         if not due and (capacity <= 0 or mono < next_poll):
             if later:  # wake when the first of them is due
