@@ -7,6 +7,7 @@ ship them) and its own execution log; the shared history is the database's.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -292,3 +293,57 @@ def test_a_database_outage_runs_nothing_unclaimed_or_twice(cluster_of, postgres_
     in_history = {(r["job_id"], r["scheduled_for"]) for r in history}
     assert set(logged) <= in_history  # every run logged was claimed, and is in history
     assert len(cluster.records()) > during
+
+
+LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+
+
+@pytest.mark.skipif(LIBFAKETIME is None,
+                    reason="needs Debian's faketime (libfaketime); .ci/run installs it")
+def test_a_node_whose_clock_is_30s_ahead_runs_nothing_early_or_twice(tmp_path,
+                                                                     postgres_url):
+    """libfaketime puts one node 30 s ahead (its monotonic clock stays true): it offers
+    early, but claims are decided by the database's clock."""
+    for n in range(2):
+        (tmp_path / f"node{n}").mkdir()
+    args = ("--cluster", postgres_url, "--lease", "5", "--misfire-grace", "120")
+    # Preloaded into the daemon itself (not through the faketime wrapper, which would
+    # stand between the test's SIGTERM and the daemon), and so into all its children.
+    ahead = Daemon(tmp_path / "node0", workers=4, args=args,
+                   env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+30s",
+                        "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    true_clock = Daemon(tmp_path / "node1", workers=4, args=args)
+    nodes = [ahead, true_clock]
+    try:
+        instant = at(8).isoformat()  # by the true clock
+        for node in nodes:
+            for n in range(40):
+                node.write_job(f"once-{n:02}.json", schedule=instant, command="true")
+            node.write_job("tick.json", schedule="* * * * * *", command="true")
+        for node in nodes:
+            node.start(wait_ready=False)
+        for node in nodes:
+            node.wait_event("cluster_joined")
+        skew = ahead.wait_event("clock_skew")[0]
+        assert 29 < -skew["offset_s"] < 31
+        assert true_clock.events("clock_skew") == []
+        wait_until(lambda: sum(len(n.records()) for n in nodes) >= 40 + 10, timeout=60,
+                   message="the one-time runs and some ticks")
+        for node in nodes:
+            assert node.stop() == 0
+        records = [r for node in nodes for r in node.records()]
+        per_occurrence = Counter((r["job_id"], r["scheduled_for"]) for r in records)
+        assert max(per_occurrence.values()) == 1, per_occurrence.most_common(3)
+        assert len([r for r in records if r["job_id"].startswith("once-")]) == 40
+        import psycopg
+
+        with psycopg.connect(postgres_url) as db:
+            early = db.execute("SELECT job_id, scheduled_for, claimed_at FROM "
+                               "taskd_occurrences WHERE claimed_at < scheduled_for"
+                               ).fetchall()
+            claimed = db.execute("SELECT count(*) FROM taskd_occurrences WHERE "
+                                 "claimed_at IS NOT NULL").fetchone()[0]
+        assert early == [] and claimed >= 50  # by the database's clock, never early
+    finally:
+        for node in nodes:
+            node.kill()

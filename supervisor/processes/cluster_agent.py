@@ -79,6 +79,7 @@ class ClusterAgent:
         self._hashes: dict[str, str] | None = None  # to publish (None: nothing new)
         self._results = AgentResults()
         self._stopping = False
+        self._draining = False  # the daemon is stopping: claim nothing more
         self._thread: threading.Thread | None = None
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
@@ -125,6 +126,8 @@ class ClusterAgent:
 
     def set_capacity(self, idle: int, busy: int) -> None:
         with self._lock:
+            if self._draining:
+                idle = 0
             changed = idle > self._capacity
             self._capacity, self._busy = idle, busy
             if changed:
@@ -152,6 +155,12 @@ class ClusterAgent:
             # says again how many it can take (set_capacity, after it put them in).
             self._capacity = max(0, self._capacity - len(results.claims))
         return results
+
+    def drain(self) -> None:
+        """Claim nothing more (the daemon is stopping); finishes still go out."""
+        with self._lock:
+            self._draining = True
+            self._capacity = 0
 
     def pending_finishes(self) -> list[dict[str, Any]]:
         """Records not sent yet (at stop, when the database is away)."""
@@ -299,6 +308,8 @@ class ClusterAgent:
             # Claims delivered and not taken yet will fill workers the coordinator still
             # counts as free: never claim more than there are workers.
             capacity = max(0, self._capacity - len(self._results.claims))
+            if self._draining:
+                capacity = 0
         mono = self._monotonic()
         if not due and (capacity <= 0 or mono < next_poll):
             if later:  # wake when the first of them is due

@@ -496,6 +496,11 @@ class Coordinator:
         execution = replace(execution, run_id=claim.run_id)
         self._claimed.add(claim.run_id)
         self.schedule.run_started(claim.job_id, claim.run_id)
+        if self.stopping:  # claimed as the stop began: recorded, never started
+            now = self.clock.now()
+            self._collect([failure_record(execution, started=now, finished=now, worker=0,
+                                          error="shutdown")])
+            return
         self.queue.put(execution)
 
     def _disown(self, record: dict[str, Any]) -> None:
@@ -641,6 +646,9 @@ class Coordinator:
         """
         self.notifier.notify("STOPPING=1")
         self.watcher.stop()
+        if self.cluster is not None:
+            self.cluster.drain()  # claims nothing more; what it claimed is recorded
+            self._cluster_step([self.cluster.wait_object()])
         self._collect(self.queue.drop_pending("shutdown"))
         self._collect(self.dispatcher.drain("shutdown", self.clock.now()))
         self.queue.stop_workers()
