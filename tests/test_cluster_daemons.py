@@ -71,15 +71,16 @@ def at(seconds_from_now: float) -> datetime:
 
 def test_one_time_jobs_due_at_one_instant_run_once_each_spread_over_nodes(cluster_of):
     cluster = cluster_of(3)
-    instant = at(6).isoformat()
-    for n in range(300):
+    # 150 here (the suite's time); scripts/bench is the place for thousands.
+    instant = at(5).isoformat()
+    for n in range(150):
         cluster.write_job(f"once-{n:03}.json", schedule=instant, command="true")
     cluster.start()
-    wait_until(lambda: len(cluster.records()) >= 300, timeout=60,
-               message="300 records over the nodes")
+    wait_until(lambda: len(cluster.records()) >= 150, timeout=60,
+               message="150 records over the nodes")
     records = cluster.records()
     counts = Counter(r["job_id"] for r in records)
-    assert len(counts) == 300 and set(counts.values()) == {1}, counts.most_common(3)
+    assert len(counts) == 150 and set(counts.values()) == {1}, counts.most_common(3)
     per_node = Counter(r["node"] for r in records)
     assert len(per_node) == 3, per_node  # every node ran some
     assert all(r["status"] == "SUCCESS" and r["scheduled_for"] == instant for r in records)
@@ -94,8 +95,8 @@ def test_per_second_jobs_run_each_second_once_across_nodes(cluster_of):
     for n in range(20):
         cluster.write_job(f"tick-{n}.json", schedule="* * * * * *", command="true")
     cluster.start()
-    wait_until(lambda: len(cluster.records("tick-0")) >= 6, timeout=60,
-               message="six seconds of tick-0")
+    wait_until(lambda: len(cluster.records("tick-0")) >= 5, timeout=60,
+               message="five seconds of tick-0")
     for node in cluster.nodes:
         node.stop()
     records = cluster.records()

@@ -85,7 +85,7 @@ def test_a_retry_that_succeeds_ends_the_attempts(daemon, tmp_path):
 def test_max_concurrent_bounds_the_runs_of_a_job(daemon):
     daemon.write_job("wide.json", command="sleep 2.2", max_concurrent=2)
     daemon.start()
-    records = daemon.wait_records("wide", count=4, timeout=30)
+    records = daemon.wait_records("wide", count=3, timeout=30)
     assert most_at_once(records) == 2  # two at once, never three
     skipped = daemon.wait_event("skipped", where=lambda e: e["job_id"] == "wide")
     assert "max_concurrent 2" in skipped[0]["reason"]
@@ -96,7 +96,7 @@ def test_jobs_of_one_concurrency_group_never_overlap(daemon):
         daemon.write_job(f"{name}.json", command="sleep 0.4", concurrency_group="db",
                          overlap="skip")
     daemon.start()
-    records = daemon.wait_records(count=8, timeout=30)
+    records = daemon.wait_records(count=6, timeout=30)
     assert most_at_once(records) == 1
     assert {r["job_id"] for r in records} >= {"a", "b"}
     assert daemon.events("queued")
@@ -105,9 +105,9 @@ def test_jobs_of_one_concurrency_group_never_overlap(daemon):
 def test_jitter_starts_a_run_after_its_instant_and_says_by_how_much(daemon):
     daemon.write_job("spread.json", command="true", jitter_s=0.8)
     daemon.start()
-    records = daemon.wait_records("spread", count=4)
+    records = daemon.wait_records("spread", count=3)
     delays = [r["delayed_s"] for r in records if "delayed_s" in r]
-    assert len(delays) >= 3 and len(set(delays)) == len(delays)  # fresh each run
+    assert len(delays) >= 2 and len(set(delays)) == len(delays)  # fresh each run
     for r in records:
         assert 0 <= r.get("delayed_s", 0) < 0.8
         started = datetime.fromisoformat(r["timestamp"]).timestamp()
