@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import signal
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -310,7 +311,7 @@ def test_a_node_whose_clock_is_30s_ahead_runs_nothing_early_or_twice(tmp_path,
     args = ("--cluster", postgres_url, "--lease", "5", "--misfire-grace", "120")
     # Preloaded into the daemon itself (not through the faketime wrapper, which would
     # stand between the test's SIGTERM and the daemon), and so into all its children.
-    ahead = Daemon(tmp_path / "node0", workers=4, args=args,
+    ahead = Daemon(tmp_path / "node0", workers=4, args=(*args, "--metrics-port", "0"),
                    env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+30s",
                         "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
     true_clock = Daemon(tmp_path / "node1", workers=4, args=args)
@@ -328,6 +329,17 @@ def test_a_node_whose_clock_is_30s_ahead_runs_nothing_early_or_twice(tmp_path,
         skew = ahead.wait_event("clock_skew")[0]
         assert 29 < -skew["offset_s"] < 31
         assert true_clock.events("clock_skew") == []
+        port = ahead.wait_event("starting")[0]["metrics_port"]
+
+        def offset_metric() -> float | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("taskd_cluster_clock_offset_seconds "):
+                        value = float(line.split()[1])
+                        return value if value else None
+            return None
+
+        assert 29 < -wait_until(offset_metric, message="the offset metric") < 31
         wait_until(lambda: sum(len(n.records()) for n in nodes) >= 40 + 10, timeout=60,
                    message="the one-time runs and some ticks")
         for node in nodes:

@@ -69,6 +69,11 @@ class Metrics:
             "taskd_invalid_job_files", "Job files that could not be used.", registry=registry)
         self.jobs = Gauge(
             "taskd_jobs", "Jobs loaded (enabled or not).", registry=registry)
+        self.clock_offset = Gauge(
+            "taskd_cluster_clock_offset_seconds",
+            "Cluster mode: the database's clock minus this host's (measured as the node "
+            "joins; more than 1 s either way is also a clock_skew diagnostic).",
+            registry=registry)
         self.worker_restarts = Counter(
             "taskd_worker_restarts_total", "Worker processes replaced after dying.",
             registry=registry)
@@ -124,6 +129,9 @@ class Metrics:
         self.workers.set(workers)
         self.invalid_files.set(invalid_files)
         self.jobs.set(jobs)
+
+    def set_clock_offset(self, offset_s: float) -> None:
+        self.clock_offset.set(offset_s)
 
     def worker_restarted(self) -> None:
         self.worker_restarts.inc()

@@ -261,6 +261,8 @@ class Coordinator:
                 queue_depth=self.queue.depth(), busy_workers=len(self.queue.busy()),
                 workers=self.options.workers, invalid_files=len(self.reconciler.errors()),
                 jobs=len(self.schedule.jobs))
+            if self.cluster is not None:
+                self.metrics.set_clock_offset(self.cluster.offset_s)
 
     def _keep_alive(self) -> None:
         mono = self.clock.monotonic()
