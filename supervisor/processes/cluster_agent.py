@@ -80,6 +80,7 @@ class ClusterAgent:
         self._results = AgentResults()
         self._stopping = False
         self._draining = False  # the daemon is stopping: claim nothing more
+        self._more_due = False  # the last claim took all it could: claim again when free
         self._thread: threading.Thread | None = None
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
@@ -311,11 +312,14 @@ class ClusterAgent:
             if self._draining:
                 capacity = 0
         mono = self._monotonic()
-        if not due and (capacity <= 0 or mono < next_poll):
+        # With free workers: claim for new offers, when the last claim was full (more may
+        # be due: a burst goes at the pace workers free up), and at each poll (others'
+        # leftovers).
+        if not due and (capacity <= 0 or (mono < next_poll and not self._more_due)):
             if later:  # wake when the first of them is due
                 return min(next_poll, mono + max(0.0, min(o[1].timestamp() for o in later)
                                                  - now_db))
-            return next_poll if capacity > 0 else mono + CLAIM_POLL_S
+            return next_poll
         from supervisor.cluster.claims import Offer
 
         got = claims.claim([Offer(*offer) for offer in due], capacity, node_id=self.node_id)
@@ -335,7 +339,8 @@ class ClusterAgent:
             self._deliver(claims=got, events=events)
         # As many as it could take: more may be due, so claim again as soon as workers
         # are free; else look again for others' leftovers at the next poll.
-        return mono if capacity > 0 and len(got) >= capacity else mono + CLAIM_POLL_S
+        self._more_due = capacity > 0 and len(got) >= capacity
+        return mono + CLAIM_POLL_S
 
     def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
         try:
