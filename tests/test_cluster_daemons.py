@@ -87,8 +87,10 @@ def test_one_time_jobs_due_at_one_instant_run_once_each_spread_over_nodes(cluste
     assert all(r["status"] == "SUCCESS" and r["scheduled_for"] == instant for r in records)
     for r in records:  # never before its instant, by any node's clock (one machine here)
         assert datetime.fromisoformat(r["timestamp"]) >= datetime.fromisoformat(instant)
-    status = cluster.nodes[0].client_json("status")
-    assert len([n for n in status["nodes"] if n["state"] == "alive"]) == 3
+    # Each node's view of the others is refreshed at its heartbeats (lease / 3).
+    wait_until(lambda: len([n for n in cluster.nodes[0].client_json("status")["nodes"]
+                            if n["state"] == "alive"]) == 3, timeout=30,
+               message="three nodes alive in the first node's status")
 
 
 def test_per_second_jobs_run_each_second_once_across_nodes(cluster_of):
