@@ -447,3 +447,16 @@ def test_every_run_taken_ends_in_exactly_one_record(steps):
     assert all(count == 1 for count in ended.values()), ended
     for state in h.schedule.jobs.values():
         assert state.in_flight == 0, (state.spec.job_id, state.running)
+
+
+def test_a_run_stopped_by_the_shutdown_is_kept_for_the_next_start():
+    remembered: list[dict] = []
+    h = Harness(spec(retry={"attempts": 3, "delay_s": 5}))
+    h.dispatcher._remember = remembered.append
+    h.tick(at(1))
+    run = h.handed[-1]
+    h.dispatcher.drain("shutdown", at(1.5))  # the stop begins
+    h.finish(run, at(2), error="shutdown")
+    assert [(m["mark"], m["attempt"]) for m in remembered] == [("retry", 2)]
+    assert h.dispatcher.later.pending("j", "retry") == []  # not run by this daemon
+    assert h.names("retry_scheduled")[-1]["after"] == "the next start"
