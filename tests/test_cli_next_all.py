@@ -7,11 +7,10 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
 
 import supervisor.jobfiles.jobspec
-from supervisor.cli import main
 from supervisor.timing.triggers import START_MACROS, StartTrigger
+from tests.test_cli_validate_next import run, write
 
 TASK = {"type": "execute_command", "command": "true"}
 AFTER = ["--after", "2026-03-28T22:00:00Z"]
@@ -21,17 +20,6 @@ AFTER = ["--after", "2026-03-28T22:00:00Z"]
 def host_zone(monkeypatch):
     """The host's zone, for jobs that name none, is UTC here whatever the machine's."""
     monkeypatch.setenv("TZ", "UTC")
-
-
-def run(*args):
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def write(directory, name, document):
-    path = directory / name
-    path.write_text(document if isinstance(document, str) else json.dumps(document))
-    return str(path)
 
 
 def job(job_id, schedule, **keys):

@@ -12,15 +12,15 @@ import json
 import os
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.test_command_runner import alive, wait_until
 from workers.execute_command import ExecuteCommand
 from workers.http_request import HttpRequest
 from workers.task_type import RunContext, TaskOutcome
@@ -40,21 +40,6 @@ def run(command: str, **fields: Any) -> TaskOutcome:
     return ExecuteCommand.run(ExecuteCommand.validate({"command": command}), context(**fields))
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 # -- the payload on stdin ---------------------------------------------------------------

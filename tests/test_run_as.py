@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.accounts import MadeUser, pids_of_uid
+from tests.test_command_runner import alive, wait_until
 from workers import run_as as run_as_module
 from workers.execute_command import ExecuteCommand
 from workers.run_as import AccountError, check_can_switch, resolve_account, run_as
@@ -38,21 +37,6 @@ def run(command: str, *, timeout_s: float | None = 10, env: dict[str, str] | Non
         timeout_s=timeout_s, **context))
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 REPORT = ('id -u; id -g; id -G; echo "$HOME|$USER|$LOGNAME|$SHELL"; pwd; '
