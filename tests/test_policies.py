@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.jobfiles.jobspec import hook_from_option, parse_job
+from supervisor.jobfiles.jobspec import hook_from_option
 from supervisor.jobfiles.policy_keys import RetryPolicy
 from supervisor.policies.dispatcher import Dispatcher
 from supervisor.policies.groups import MAX_WAITING, GroupGate
@@ -22,20 +21,10 @@ from supervisor.policies.retry import next_attempt, retry_delay
 from supervisor.policies.streaks import SkipStreaks
 from supervisor.timing.schedule import Schedule
 from tests.property_settings import examples
+from tests.test_schedule import T0, at, spec
 from workers.execution import Execution
 
-T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-TASK = {"type": "execute_command", "command": "true"}
 HOOK = {"type": "execute_command", "command": "cat > /dev/null"}
-
-
-def spec(job_id="j", schedule="* * * * * *", **fields):
-    document = {"job_id": job_id, "schedule": schedule, "task": TASK, **fields}
-    return parse_job(json.dumps(document).encode(), f"{job_id}.json", default_zone="UTC")
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 def record(execution: Execution, status="FAILURE", error="exit code 1", **fields):
@@ -184,10 +173,10 @@ def test_later_queue_orders_by_instant_then_arrival_and_cancels_by_job():
     later.push(4, "a", "delayed", "a4")
     assert later.time_to_next(0, "retry") == 3 and later.time_to_next(0, "delayed") == 4
     assert later.cancel("b", "retry") == ["b3"]
-    assert later.due(4, "retry") == [("retry", "c3")]
-    assert later.due(4, "delayed") == [("delayed", "a4")]
+    assert later.due(4, "retry") == ["c3"]
+    assert later.due(4, "delayed") == ["a4"]
     assert later.pending("a", "retry") == ["a5"] and len(later) == 1
-    assert later.due(10, "retry") == [("retry", "a5")]
+    assert later.due(10, "retry") == ["a5"]
     assert later.time_to_next(10, "retry") is None
 
 

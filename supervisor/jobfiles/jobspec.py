@@ -29,6 +29,7 @@ from supervisor.jobfiles.policy_keys import (
     HookTask,
     JobPolicy,
     PolicyError,
+    non_negative_seconds,
     parse_account,
     parse_concurrency_group,
     parse_env_file,
@@ -359,15 +360,10 @@ def _count(document: dict, key: str, default: int, most: int, file: str) -> int:
 def _deadline(value: Any, file: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    raise JobFileError(file, f"starting_deadline_s: must be a number of seconds, 0 or more, "
-                             f"got {show(value)}")
+    try:
+        return non_negative_seconds(value, "starting_deadline_s")
+    except PolicyError as error:
+        raise JobFileError(file, str(error)) from None
 
 
 def _choice(document: dict, key: str, allowed: tuple[str, ...], default: str, file: str) -> str:

@@ -160,7 +160,11 @@ def parse_env_file(value: Any) -> str | None:
 
 
 def _seconds(document: dict[str, Any], key: str, default: float, name: str) -> float:
-    value = document.get(key, default)
+    return non_negative_seconds(document.get(key, default), name)
+
+
+def non_negative_seconds(value: Any, name: str) -> float:
+    """A finite number of seconds, 0 or more (``name`` is the key, for the message)."""
     if not _finite_number(value) or value < 0:
         raise PolicyError(f"{name}: must be a number of seconds, 0 or more, got {show(value)}")
     return float(value)

@@ -76,7 +76,7 @@ class Dispatcher:
         if delay > 0:
             self.later.push(execution.not_before(), spec.job_id, DELAYED, execution)
             return execution
-        return execution if self._admit(execution, now) else None
+        return execution if self._admit(execution) else None
 
     def execution_for(self, occurrence: Occurrence, delay_s: float = 0.0) -> Execution:
         spec = occurrence.spec
@@ -90,7 +90,7 @@ class Dispatcher:
             user=policy.user, group=policy.group, env_file=policy.env_file,
             delayed_s=delay_s or None)
 
-    def _admit(self, execution: Execution, now: datetime) -> bool:
+    def _admit(self, execution: Execution) -> bool:
         """Through the concurrency group to a worker; False if skipped."""
         state = self.schedule.jobs.get(execution.job_id)
         group = state.spec.policy.concurrency_group if state is not None else None
@@ -130,9 +130,9 @@ class Dispatcher:
 
     def due(self, now: datetime, lead_s: float) -> None:
         now_ts = now.timestamp()
-        for _, execution in self.later.due(now_ts + lead_s, DELAYED):
-            self._admit(execution, now)
-        for _, pending in self.later.due(now_ts, RETRY):
+        for execution in self.later.due(now_ts + lead_s, DELAYED):
+            self._admit(execution)
+        for pending in self.later.due(now_ts, RETRY):
             self._retry(pending, now)
 
     def _retry(self, pending: tuple[str, datetime, bool, int], now: datetime) -> None:

@@ -60,9 +60,9 @@ class LaterQueue:
                 return entry.item
         return None
 
-    def due(self, now_ts: float, kind: str) -> list[tuple[str, Any]]:
-        """``(kind, item)`` of everything of ``kind`` due by ``now_ts``, in instant order."""
-        ready: list[tuple[str, Any]] = []
+    def due(self, now_ts: float, kind: str) -> list[Any]:
+        """The items of ``kind`` due by ``now_ts``, in instant order; taken out."""
+        ready: list[Any] = []
         heap = self._heaps.get(kind, [])
         while heap and (heap[0].at <= now_ts or not heap[0].live):
             entry = heapq.heappop(heap)
@@ -73,7 +73,7 @@ class LaterQueue:
             entries.remove(entry)
             if not entries:
                 del self._by_job[key]
-            ready.append((entry.kind, entry.item))
+            ready.append(entry.item)
         return ready
 
     def time_to_next(self, now_ts: float, kind: str) -> float | None:

@@ -163,11 +163,6 @@ class ClusterAgent:
             self._draining = True
             self._capacity = 0
 
-    def pending_finishes(self) -> list[dict[str, Any]]:
-        """Records not sent yet (at stop, when the database is away)."""
-        with self._lock:
-            return list(self._finished)
-
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, leave the cluster, end the thread."""
         with self._lock:
@@ -197,13 +192,13 @@ class ClusterAgent:
                     self._connected(True)
                     nodes, claims, specs = Nodes(db), Claims(db), SpecHashes(db)
                 if self.node_id is None:
-                    self._join(nodes, specs)
+                    self._join(nodes)
                     last_heartbeat = self._monotonic()
                     next_heartbeat = next_poll = 0.0
                 backoff = RECONNECT_S[0]
                 mono = self._monotonic()
                 if mono >= next_heartbeat:
-                    self._heartbeat(db, nodes, claims)
+                    self._heartbeat(nodes, claims)
                     last_heartbeat = mono
                     next_heartbeat = mono + self.lease_s / HEARTBEATS_PER_LEASE
                 with self._lock:
@@ -231,7 +226,8 @@ class ClusterAgent:
                             self._offers and self._capacity):
                         self._lock.wait(min(wait, 1.0))
             except StoreError as error:
-                db = self._lost_connection(db, str(error))
+                self._lost_connection(db, str(error))
+                db = None
                 if self.node_id is not None and (self._monotonic() - last_heartbeat
                                                  >= self.lease_s):
                     self._fence("no heartbeat for a whole lease: the database is "
@@ -260,7 +256,7 @@ class ClusterAgent:
             db.close()
         self._connected(False, error)
 
-    def _join(self, nodes: Any, specs: Any) -> None:
+    def _join(self, nodes: Any) -> None:
         from supervisor.cluster.db_clock import measure, should_warn
 
         offset = measure(nodes.db)
@@ -280,7 +276,7 @@ class ClusterAgent:
                 self._hashes = dict(self._published)
         self._deliver(events=events)
 
-    def _heartbeat(self, db: Any, nodes: Any, claims: Any) -> None:
+    def _heartbeat(self, nodes: Any, claims: Any) -> None:
         with self._lock:
             busy = self._busy
         beat = nodes.heartbeat(self.node_id, busy)

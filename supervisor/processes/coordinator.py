@@ -385,7 +385,7 @@ class Coordinator:
         for event in self.schedule.take_events():
             self._missed(event)
         if self._loaded and (changes.upserted or changes.removed):
-            self._publish_jobs()
+            self._publish_jobs(changes)
 
     def _dispatch_due(self) -> None:
         now = self.clock.now()
@@ -483,27 +483,26 @@ class Coordinator:
         self.cluster.set_capacity(max(0, idle), busy)
 
     def _run_claim(self, claim: Any) -> None:
-        """Run an occurrence this node claimed, as this node's version of the job."""
+        """Run an occurrence this node claimed, as this node's version of the job; one
+        that cannot run here still ends in its one record."""
         state = self.schedule.jobs.get(claim.job_id)
         scheduled_for = claim.scheduled_for.astimezone(self.clock.now().tzinfo)
-        if state is None:  # removed here after it was offered: still one record
+        if state is None:  # removed here after it was offered
             execution = Execution(run_id=claim.run_id, job_id=claim.job_id,
                                   scheduled_for=scheduled_for.isoformat(), task_type="")
-            now = self.clock.now()
-            self._claimed.add(claim.run_id)
-            self._collect([failure_record(execution, started=now, finished=now, worker=0,
-                                          error="job not loaded on the claiming node")])
-            return
-        execution = self.dispatcher.execution_for(Occurrence(state.spec, scheduled_for))
-        execution = replace(execution, run_id=claim.run_id)
+            error: str | None = "job not loaded on the claiming node"
+        else:
+            execution = replace(self.dispatcher.execution_for(
+                Occurrence(state.spec, scheduled_for)), run_id=claim.run_id)
+            self.schedule.run_started(claim.job_id, claim.run_id)
+            error = "shutdown" if self.stopping else None  # claimed as the stop began
         self._claimed.add(claim.run_id)
-        self.schedule.run_started(claim.job_id, claim.run_id)
-        if self.stopping:  # claimed as the stop began: recorded, never started
-            now = self.clock.now()
-            self._collect([failure_record(execution, started=now, finished=now, worker=0,
-                                          error="shutdown")])
+        if error is None:
+            self.queue.put(execution)
             return
-        self.queue.put(execution)
+        now = self.clock.now()
+        self._collect([failure_record(execution, started=now, finished=now, worker=0,
+                                      error=error)])
 
     def _disown(self, record: dict[str, Any]) -> None:
         self.schedule.run_dropped(record["job_id"], record["run_id"])
@@ -513,11 +512,19 @@ class Coordinator:
                    "reason": "this node was declared dead while it ran; a peer recorded "
                              "it node lost"})
 
-    def _publish_jobs(self) -> None:
+    def _publish_jobs(self, changes: Changes | None = None) -> None:
+        """Tell the cluster which version of each job this node has (all of them after
+        the load; then only the jobs a change touched are hashed again)."""
         if self.cluster is None:
             return
-        self._published = {job_id: spec_version(state.spec)
-                           for job_id, state in self.schedule.jobs.items()}
+        if changes is None:
+            self._published = {job_id: spec_version(state.spec)
+                               for job_id, state in self.schedule.jobs.items()}
+        else:
+            for job_id in changes.removed:
+                self._published.pop(job_id, None)
+            for spec in changes.upserted:
+                self._published[spec.job_id] = spec_version(spec)
         self.cluster.publish(self._published)
 
     def _stop_run(self, run_id: str, error: str) -> bool:
