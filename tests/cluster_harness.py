@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,6 +18,7 @@ from supervisor.cluster.claims import Claim, Claims, Offer
 from supervisor.cluster.database import ClusterDatabase
 from supervisor.cluster.nodes import Nodes
 from supervisor.cluster.specs import SpecHashes
+from tests.daemon_harness import wait_until
 
 DEADLINE_S = 20.0
 
@@ -74,14 +74,8 @@ def record_for(claim: Claim, node_id: str, status: str = "SUCCESS") -> dict[str,
 
 
 def wait_for(condition: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.02)
+    """``daemon_harness.wait_until`` with the cluster tests' argument order."""
+    return wait_until(condition, deadline_s, message=what)
 
 
 def idle_in_transaction(db: ClusterDatabase, dbname: str) -> list[tuple[Any, ...]]:
