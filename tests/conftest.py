@@ -17,6 +17,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def cluster(postgres_url):
+    """Connections to the test's own database, each a ClusterDatabase: ``cluster()``
+    opens one (``cluster(url)`` to another URL); all closed after the test."""
+    from tests.cluster_harness import open_databases  # psycopg: only where used
+
+    yield from open_databases(postgres_url)
+
+
+@pytest.fixture
 def cleanup():
     """Daemons started by a test are killed at its end, whatever happened:
     ``cleanup(daemon)`` once it is made."""

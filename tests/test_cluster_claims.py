@@ -7,7 +7,7 @@ reported once, one round trip per batch, and a dropped connection.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from supervisor.cluster.claims import Claim, Offer
-from supervisor.cluster.database import ClusterDatabase
 from supervisor.store.abc import HistoryQuery, StoreError
 from tests.cluster_harness import (
     MESSAGE,
@@ -24,19 +23,12 @@ from tests.cluster_harness import (
     db_now,
     idle_in_transaction,
     offers_at,
-    open_databases,
     protocol_trace,
     record_for,
     round_trips,
     rows,
     wait_for,
 )
-
-
-@pytest.fixture
-def cluster(postgres_url: str) -> Iterator[Callable[..., ClusterDatabase]]:
-    yield from open_databases(postgres_url)
-
 
 # -- exactly once -----------------------------------------------------------------------
 

@@ -6,14 +6,12 @@ early but never claims early (claims are decided by the database's now()).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.cluster.database import ClusterDatabase
 from supervisor.cluster.db_clock import (
     ClockOffset,
     best,
@@ -21,13 +19,8 @@ from supervisor.cluster.db_clock import (
     offset_from,
     should_warn,
 )
-from tests.cluster_harness import Node, open_databases, rows, wait_for
+from tests.cluster_harness import Node, rows, wait_for
 from tests.property_settings import examples
-
-
-@pytest.fixture
-def cluster(postgres_url: str) -> Iterator[Callable[..., ClusterDatabase]]:
-    yield from open_databases(postgres_url)
 
 
 @pytest.mark.parametrize(("before", "db", "after", "offset", "round_trip", "skew"), [

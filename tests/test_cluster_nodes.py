@@ -7,13 +7,11 @@ publishes (spec hashes) and the conflicts between live nodes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
 
-from supervisor.cluster.database import ClusterDatabase
 from supervisor.cluster.nodes import LostRun
 from supervisor.cluster.specs import SpecHashes, spec_hash
 from supervisor.store.abc import HistoryQuery
@@ -21,7 +19,6 @@ from tests.cluster_harness import (
     Node,
     db_now,
     offers_at,
-    open_databases,
     protocol_trace,
     record_for,
     round_trips,
@@ -31,10 +28,6 @@ from tests.cluster_harness import (
 
 SHORT_LEASE_S = 0.5
 
-
-@pytest.fixture
-def cluster(postgres_url: str) -> Iterator[Callable[..., ClusterDatabase]]:
-    yield from open_databases(postgres_url)
 
 
 def silent_past_lease(node: Node, peer: Node) -> bool:

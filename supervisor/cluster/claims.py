@@ -6,6 +6,7 @@ An occurrence is ``(job_id, scheduled_for)``, one row of ``taskd_occurrences``:
      |                |
      |                +--reap/leave (its node is gone)--> lost   (one "node lost" record)
      +--expire (nobody claimed it in time)--> missed
+     +--claim (at its job's limit: overlap, max_concurrent)--> skipped
 
 No transition leads back to ``due``, and offering a row that exists does nothing, so an
 occurrence is claimed at most once however often it is offered. Every node computes the
@@ -20,6 +21,9 @@ is in flight, and a node already declared dead claims nothing), and the claim it
 (``FOR UPDATE SKIP LOCKED``: concurrent claimers take disjoint rows, and no one waits).
 A node only claims jobs it has published (``SpecHashes.publish``): it runs its own
 version of the job, recorded in the row's ``spec_hash``.
+
+The claimer's version of a job also sets its limits (``specs.JobVersion``), held over the
+runs every node has claimed: see ``_CLAIM``.
 
 ``finish`` writes the run's record only while the row is still claimed by that node: a
 late finish from a node declared dead is refused, and its ``node lost`` record stands.
@@ -60,6 +64,31 @@ class Claim:
     claimed_at: datetime  # the database's clock
 
 
+class Skipped(NamedTuple):
+    """An occurrence a claim skipped at its job's limit (it is never run)."""
+
+    job_id: str
+    scheduled_for: datetime
+    reason: str
+
+
+class StopRequest(NamedTuple):
+    """A claimed run its node is asked to stop (``overlap: "replace"``)."""
+
+    run_id: str
+    node_id: str
+    reason: str = "replaced"
+
+
+@dataclass(slots=True)
+class ClaimBatch:
+    """What one claim round trip decided."""
+
+    claims: list[Claim]
+    skipped: list[Skipped]
+    stops: list[StopRequest]  # runs of any node; each node also polls its own
+
+
 _OFFER = """
 INSERT INTO taskd_occurrences (job_id, scheduled_for, state, offered_at, expires_at,
                                spec_hash)
@@ -75,11 +104,29 @@ ON CONFLICT DO NOTHING
 _LOCK_ALIVE = ("SELECT FROM taskd_nodes WHERE node_id = %(node_id)s AND state = 'alive' "
                "FOR SHARE")
 
+# Claims of jobs with limits take turns (a transaction-level advisory lock, a statement
+# before the claim's, so the claim's snapshot sees every claim committed before it): the
+# running runs each limit counts cannot change under it. Claims of jobs without limits
+# never wait for it.
+CLAIM_LOCK = 0x7461736B65
+CLAIM_LOCK_TIMEOUT = "5s"  # a claimer stuck holding it fails the others' claims, briefly
+_TAKE_TURN = (f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'",
+              f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
+LIMITED_WINDOW = 256  # due rows looked at beyond the capacity: the skipped and waiting
+
 # A statement of its own after _LOCK_ALIVE, so its snapshot is taken once the lock is
-# held (or, if the reaper held it first, once the node is seen dead).
+# held (or, if the reaper held it first, once the node is seen dead). The claimer's
+# version of each job decides its limits, as its version decides what runs:
+# - run_limit (overlap skip: 1, max_concurrent N): an occurrence that finds that many
+#   runs of its job claimed, or waiting before it, is skipped;
+# - replace: the latest due occurrence runs, the older due ones are skipped, and the
+#   oldest claimed runs beyond the limit are asked to stop (``stop_reason``);
+# - concurrency_group: one claimed run per group; the others stay due and wait (one per
+#   job: a later one while one waits is skipped), until their deadline.
 _CLAIM = """
 WITH due AS MATERIALIZED (
-    SELECT o.job_id, o.scheduled_for, j.spec_hash
+    SELECT o.job_id, o.scheduled_for, j.spec_hash, j.run_limit, j.replace,
+           j.concurrency_group
     FROM taskd_occurrences o
     JOIN taskd_node_jobs j ON j.node_id = %(node_id)s AND j.job_id = o.job_id
     WHERE o.state = 'due' AND o.scheduled_for <= now()
@@ -87,20 +134,79 @@ WITH due AS MATERIALIZED (
       AND EXISTS (SELECT FROM taskd_nodes n
                   WHERE n.node_id = %(node_id)s AND n.state = 'alive')
     ORDER BY o.scheduled_for, o.job_id
-    LIMIT greatest(0, %(limit)s - (SELECT count(*) FROM taskd_occurrences
-                                   WHERE run_id = ANY(%(unanswered)s::text[])
-                                     AND node_id = %(node_id)s AND state = 'claimed'))
+    LIMIT %(window)s
     FOR UPDATE OF o SKIP LOCKED
-), numbered AS (
-    SELECT due.*, row_number() OVER (ORDER BY scheduled_for, job_id) AS n FROM due
+), ranked AS (
+    SELECT due.*,
+           row_number() OVER (PARTITION BY job_id ORDER BY scheduled_for) AS nth,
+           count(*) OVER (PARTITION BY job_id) AS of_job,
+           CASE WHEN run_limit IS NULL THEN 0 ELSE (
+               SELECT count(*) FROM taskd_occurrences r
+               WHERE r.job_id = due.job_id AND r.state = 'claimed') END AS running,
+           CASE WHEN concurrency_group IS NULL THEN false ELSE EXISTS (
+               SELECT FROM taskd_occurrences r
+               WHERE r.state = 'claimed' AND r.concurrency_group = due.concurrency_group)
+           END AS group_busy
+    FROM due
+), limited AS (
+    SELECT ranked.*, CASE
+        WHEN replace AND nth < of_job THEN 'replaced by a later occurrence before it ran'
+        WHEN run_limit IS NOT NULL AND NOT replace AND running + nth > run_limit THEN
+            CASE WHEN run_limit = 1 THEN 'previous run still in progress'
+                 ELSE format('max_concurrent %%s runs still in progress', run_limit) END
+        END AS skip_reason
+    FROM ranked
+), grouped AS (
+    SELECT limited.*, skip_reason IS NULL AND concurrency_group IS NOT NULL AND (
+        group_busy OR row_number() OVER (PARTITION BY concurrency_group, skip_reason IS NULL
+                                         ORDER BY scheduled_for, job_id) > 1) AS waits
+    FROM limited
+), judged AS (
+    SELECT grouped.*, CASE
+        WHEN skip_reason IS NOT NULL THEN skip_reason
+        WHEN waits AND row_number() OVER (PARTITION BY job_id, waits
+                                          ORDER BY scheduled_for) > 1
+        THEN format('concurrency_group %%L: a run of this job is already waiting',
+                    concurrency_group)
+        END AS skipped
+    FROM grouped
+), to_claim AS (
+    SELECT * FROM (SELECT judged.*, row_number() OVER (ORDER BY scheduled_for, job_id) AS n
+                   FROM judged WHERE skipped IS NULL AND NOT waits) runnable
+    WHERE n <= greatest(0, %(limit)s - (SELECT count(*) FROM taskd_occurrences
+                                        WHERE run_id = ANY(%(unanswered)s::text[])
+                                          AND node_id = %(node_id)s AND state = 'claimed'))
+), claimed AS (
+    UPDATE taskd_occurrences o
+    SET state = 'claimed', node_id = %(node_id)s,
+        run_id = (%(run_ids)s::text[])[c.n::integer], claimed_at = now(),
+        spec_hash = c.spec_hash, concurrency_group = c.concurrency_group
+    FROM to_claim c
+    WHERE o.job_id = c.job_id AND o.scheduled_for = c.scheduled_for
+    RETURNING o.job_id, o.scheduled_for, o.run_id, o.claimed_at
+), skipped AS (
+    UPDATE taskd_occurrences o SET state = 'skipped', finished_at = now()
+    FROM judged s
+    WHERE s.skipped IS NOT NULL AND o.job_id = s.job_id AND o.scheduled_for = s.scheduled_for
+    RETURNING o.job_id, o.scheduled_for, s.skipped AS reason
+), stops AS (
+    UPDATE taskd_occurrences o SET stop_reason = 'replaced'
+    FROM (SELECT r.job_id, r.scheduled_for, c.running, c.run_limit,
+                 row_number() OVER (PARTITION BY r.job_id ORDER BY r.scheduled_for) AS oldest
+          FROM taskd_occurrences r JOIN to_claim c ON c.job_id = r.job_id AND c.replace
+          WHERE r.state = 'claimed') old
+    WHERE old.oldest <= old.running + 1 - old.run_limit
+      AND o.job_id = old.job_id AND o.scheduled_for = old.scheduled_for
+    RETURNING o.job_id, o.scheduled_for, o.run_id, o.node_id
 )
-UPDATE taskd_occurrences o
-SET state = 'claimed', node_id = %(node_id)s, run_id = (%(run_ids)s::text[])[numbered.n::integer],
-    claimed_at = now(), spec_hash = numbered.spec_hash
-FROM numbered
-WHERE o.job_id = numbered.job_id AND o.scheduled_for = numbered.scheduled_for
-RETURNING o.job_id, o.scheduled_for, o.run_id, o.claimed_at
+SELECT 'claimed', job_id, scheduled_for, run_id, claimed_at, NULL::text FROM claimed
+UNION ALL SELECT 'skipped', job_id, scheduled_for, NULL, NULL, reason FROM skipped
+UNION ALL SELECT 'stop', job_id, scheduled_for, run_id, NULL, node_id FROM stops
 """
+
+_STOP_REQUESTS = ("SELECT run_id, stop_reason FROM taskd_occurrences "
+                  "WHERE node_id = %(node_id)s AND state = 'claimed' "
+                  "AND stop_reason IS NOT NULL ORDER BY run_id")
 
 # The store's record statement with its insert guarded: written only while the
 # occurrence is this node's claim (or already its done run: a finish sent again after
@@ -151,7 +257,7 @@ _PRUNE = """
 DELETE FROM taskd_occurrences WHERE (job_id, scheduled_for) IN (
     SELECT job_id, scheduled_for FROM taskd_occurrences
     WHERE scheduled_for < now() - %(retention_s)s * interval '1 second'
-      AND state IN ('done', 'lost', 'missed')
+      AND state IN ('done', 'lost', 'missed', 'skipped')
     LIMIT %(budget)s)
 """
 
@@ -169,10 +275,17 @@ class Claims:
         self._unanswered: list[str] = []  # run ids of claims sent whose answer was lost
 
     def claim(self, offers: Sequence[Offer | tuple[Any, ...]], limit: int, *,
-              node_id: str) -> list[Claim]:
+              node_id: str, limited: bool = False) -> list[Claim]:
+        """``claim_batch``'s claims."""
+        return self.claim_batch(offers, limit, node_id=node_id, limited=limited).claims
+
+    def claim_batch(self, offers: Sequence[Offer | tuple[Any, ...]], limit: int, *,
+                    node_id: str, limited: bool = False) -> ClaimBatch:
         """Offer ``offers`` (each ``(job_id, scheduled_for, spec_hash[, deadline_s])``),
         then claim up to ``limit`` due occurrences (anyone's offers, oldest first) for
-        ``node_id``: one round trip. The claims, oldest first.
+        ``node_id``: one round trip. ``limited``: the node has published jobs with limits
+        (run_limit, concurrency_group), so its claims take turns with other such claims
+        and look past the capacity for the occurrences to skip.
 
         A claim whose answer was lost (the connection broke after the commit) is not
         lost: its run ids were chosen here, so the next call asks for them too, in the
@@ -189,26 +302,37 @@ class Claims:
         unanswered = list(self._unanswered)
         limit = max(0, int(limit))
         claim = {"node_id": node_id, "limit": limit, "unanswered": unanswered,
+                 "window": limit + (LIMITED_WINDOW if limited else 0),
                  "run_ids": [new_run_id() for _ in range(limit)]}
         if not rows and not limit and not unanswered:
-            return []
+            return ClaimBatch([], [], [])
         try:
             with self.db.batch() as db:
                 if rows:
                     db.execute(_OFFER, offer)
-                cursors = []
+                answered = None
                 if unanswered:
-                    cursors.append(db.execute(_UNANSWERED, {"run_ids": unanswered,
-                                                            "node_id": node_id}))
+                    answered = db.execute(_UNANSWERED, {"run_ids": unanswered,
+                                                        "node_id": node_id})
+                decided = None
                 if limit:
+                    if limited:
+                        for statement in _TAKE_TURN:
+                            db.execute(statement)
                     db.execute(_LOCK_ALIVE, claim)
-                    cursors.append(db.cursor().execute(_CLAIM, claim))
+                    decided = db.cursor().execute(_CLAIM, claim)
         except BaseException:
             self._unanswered += claim["run_ids"]
             raise
         self._unanswered = []
-        return sorted((Claim(*row) for cursor in cursors for row in cursor.fetchall()),
-                      key=lambda c: (c.scheduled_for, c.job_id))
+        return _batch(answered.fetchall() if answered else [],
+                      decided.fetchall() if decided else [])
+
+    def stop_requests(self, node_id: str) -> list[StopRequest]:
+        """This node's claimed runs that later claims asked it to stop."""
+        with self.db.session() as db:
+            rows = db.execute(_STOP_REQUESTS, {"node_id": node_id}).fetchall()
+        return [StopRequest(run_id, node_id, reason) for run_id, reason in rows]
 
     def finish(self, run_id: str, node_id: str, record: dict[str, Any]) -> bool:
         """Record a claimed run's end and mark its occurrence done, in one transaction;
@@ -261,6 +385,20 @@ class Claims:
         with self.db.session() as db:
             return db.execute(_PRUNE, {"retention_s": self.retention_s,
                                        "budget": budget}).rowcount
+
+
+def _batch(answered: list[tuple[Any, ...]], decided: list[tuple[Any, ...]]) -> ClaimBatch:
+    claims = [Claim(*row) for row in answered]
+    skipped, stops = [], []
+    for kind, job_id, scheduled_for, run_id, claimed_at, extra in decided:
+        if kind == "claimed":
+            claims.append(Claim(job_id, scheduled_for, run_id, claimed_at))
+        elif kind == "skipped":
+            skipped.append(Skipped(job_id, scheduled_for, extra))
+        else:
+            stops.append(StopRequest(run_id, extra))
+    return ClaimBatch(sorted(claims, key=lambda c: (c.scheduled_for, c.job_id)),
+                      sorted(skipped, key=lambda s: (s.scheduled_for, s.job_id)), stops)
 
 
 def _offer(offer: Offer | tuple[Any, ...]) -> Offer:

@@ -1,7 +1,8 @@
 """Which version of each job every node has: what it may claim, and the conflict view.
 
 A node runs the version of a job its own files hold, so each node publishes a short hash
-of each job it would run (``taskd_node_jobs``): claims only take jobs the claimer has
+of each job it would run (``taskd_node_jobs``), with the limits that version sets
+(``JobVersion``: the claims hold them cluster-wide): claims only take jobs the claimer has
 published, and ``conflicts`` lists the jobs whose hash differs between live nodes (for
 ``taskd status``). Publishing writes only what changed since this object last
 published for that node (nothing at all for a heartbeat, or a reload that changed
@@ -14,17 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from supervisor.cluster.database import ClusterDatabase
 
 HASH_CHARS = 12
 
 _UPSERT = """
-INSERT INTO taskd_node_jobs (node_id, job_id, spec_hash)
-SELECT %(node_id)s, job_id, spec_hash
-FROM unnest(%(job_ids)s::text[], %(hashes)s::text[]) AS spec (job_id, spec_hash)
-ON CONFLICT (node_id, job_id) DO UPDATE SET spec_hash = excluded.spec_hash
+INSERT INTO taskd_node_jobs (node_id, job_id, spec_hash, run_limit, replace,
+                             concurrency_group)
+SELECT %(node_id)s, job_id, spec_hash, run_limit, replace, concurrency_group
+FROM unnest(%(job_ids)s::text[], %(hashes)s::text[], %(run_limits)s::integer[],
+            %(replaces)s::boolean[], %(groups)s::text[])
+     AS spec (job_id, spec_hash, run_limit, replace, concurrency_group)
+ON CONFLICT (node_id, job_id) DO UPDATE
+SET spec_hash = excluded.spec_hash, run_limit = excluded.run_limit,
+    replace = excluded.replace, concurrency_group = excluded.concurrency_group
 """
 _REMOVE = "DELETE FROM taskd_node_jobs WHERE node_id = %(node_id)s AND job_id = ANY(%(job_ids)s)"
 _REMOVE_ALL = "DELETE FROM taskd_node_jobs WHERE node_id = %(node_id)s"
@@ -37,6 +43,23 @@ ORDER BY j.job_id
 """
 
 
+class JobVersion(NamedTuple):
+    """A node's version of a job: its hash, and the limits the claims hold cluster-wide."""
+
+    spec_hash: str
+    run_limit: int | None = None  # runs at once: overlap skip/replace 1, max_concurrent N
+    replace: bool = False  # overlap: replace (at the limit, the oldest run is stopped)
+    concurrency_group: str | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.run_limit is not None or self.concurrency_group is not None
+
+
+def version_of(value: str | JobVersion) -> JobVersion:
+    return value if isinstance(value, JobVersion) else JobVersion(value)
+
+
 def spec_hash(document: Mapping[str, Any]) -> str:
     """A short hash of a job file's content, the same for the same keys and values
     whatever their order or spacing in the file."""
@@ -47,12 +70,12 @@ def spec_hash(document: Mapping[str, Any]) -> str:
 class SpecHashes:
     def __init__(self, db: ClusterDatabase) -> None:
         self.db = db
-        self._published: dict[str, dict[str, str]] = {}  # node id -> what it has
+        self._published: dict[str, dict[str, JobVersion]] = {}  # node id -> what it has
 
-    def publish(self, node_id: str, hashes: Mapping[str, str]) -> int:
-        """Make ``hashes`` (job_id -> spec hash) the jobs ``node_id`` has; how many rows
-        were written or removed."""
-        hashes = dict(hashes)
+    def publish(self, node_id: str, hashes: Mapping[str, str | JobVersion]) -> int:
+        """Make ``hashes`` (job_id -> spec hash, or its JobVersion) the jobs ``node_id``
+        has; how many rows were written or removed."""
+        hashes = {job_id: version_of(value) for job_id, value in hashes.items()}
         known = self._published.get(node_id)
         if known is None:  # first time here: whatever the table holds is replaced
             changed, removed = hashes, None
@@ -61,8 +84,12 @@ class SpecHashes:
             removed = [job for job in known if job not in hashes]
             if not changed and not removed:
                 return 0
+        versions = list(changed.values())
         upsert = {"node_id": node_id, "job_ids": list(changed),
-                  "hashes": list(changed.values())}
+                  "hashes": [v.spec_hash for v in versions],
+                  "run_limits": [v.run_limit for v in versions],
+                  "replaces": [v.replace for v in versions],
+                  "groups": [v.concurrency_group for v in versions]}
         with self.db.batch() as db:
             if removed is None:
                 db.execute(_REMOVE_ALL, {"node_id": node_id})

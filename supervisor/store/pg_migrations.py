@@ -116,6 +116,25 @@ STEPS: list[str] = [
         WHERE state = 'claimed';
     CREATE INDEX taskd_occurrences_by_time ON taskd_occurrences (scheduled_for);
     """,
+    # 4: limits held cluster-wide (claims.py): each node's version of a job says its
+    # limits, a claimed occurrence its concurrency group; a claim may skip an occurrence
+    # (overlap) or ask the node running an older one to stop it (overlap: replace).
+    """
+    ALTER TABLE taskd_node_jobs
+        ADD COLUMN run_limit INTEGER,       -- overlap skip/replace: 1; max_concurrent: N
+        ADD COLUMN replace BOOLEAN NOT NULL DEFAULT false,
+        ADD COLUMN concurrency_group TEXT;
+    ALTER TABLE taskd_occurrences
+        DROP CONSTRAINT taskd_occurrences_state_check,
+        ADD CONSTRAINT taskd_occurrences_state_check
+            CHECK (state IN ('due', 'claimed', 'done', 'lost', 'missed', 'skipped')),
+        ADD COLUMN concurrency_group TEXT,  -- the claimer's version's
+        ADD COLUMN stop_reason TEXT;        -- claimed, and its node is asked to stop it
+    CREATE INDEX taskd_occurrences_running ON taskd_occurrences (job_id)
+        WHERE state = 'claimed';
+    CREATE INDEX taskd_occurrences_group_running ON taskd_occurrences (concurrency_group)
+        WHERE state = 'claimed' AND concurrency_group IS NOT NULL;
+    """,
 ]
 CURRENT = len(STEPS)
 _MARKER = "taskd_schema"  # the version table: also how a taskd store is told apart
