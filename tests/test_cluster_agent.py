@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
-from supervisor.processes.cluster_agent import ClusterAgent
+from supervisor.cluster.claims import Claim, Skipped, StopRequest
+from supervisor.cluster.specs import JobVersion
+from supervisor.processes.cluster_agent import AgentResults, ClusterAgent
 
 
 def agent() -> ClusterAgent:
@@ -43,11 +45,20 @@ class FakeAgent:
     conflicts: list = []
 
     def __init__(self) -> None:
-        self.published: list[dict[str, str]] = []
+        self.published: list[dict[str, JobVersion]] = []
+        self.offered: list[tuple[str, datetime]] = []
+        self.results = AgentResults()
         self.waker = object()
 
-    def publish(self, hashes: dict[str, str]) -> None:
+    def publish(self, hashes: dict[str, JobVersion]) -> None:
         self.published.append(dict(hashes))
+
+    def offer(self, job_id, scheduled_for, spec_hash, deadline_s) -> None:
+        self.offered.append((job_id, scheduled_for))
+
+    def take(self) -> AgentResults:
+        results, self.results = self.results, AgentResults()
+        return results
 
     def wait_object(self) -> object:
         return self.waker
@@ -56,24 +67,31 @@ class FakeAgent:
         pass
 
 
-def test_a_reload_publishes_the_versions_of_the_jobs_it_touched(tmp_path):
+def cluster_coordinator(tmp_path, queue=None):
     from supervisor.control.diagnostics import Diagnostics
-    from supervisor.processes.coordinator import Coordinator, DaemonOptions, spec_version
+    from supervisor.processes.coordinator import Coordinator, DaemonOptions
     from tests.test_coordinator_step import (
         FakeClock,
         FakeLogger,
         FakeNotifier,
         FakeQueue,
         FakeWatcher,
-        write_job,
     )
 
-    agent = FakeAgent()
-    clock = FakeClock()
+    agent, clock, stream = FakeAgent(), FakeClock(), io.StringIO()
     coordinator = Coordinator(
         DaemonOptions(jobs_dir=str(tmp_path), timezone="UTC", misfire_grace_s=60),
-        queue=FakeQueue(), logger=FakeLogger(), watcher=FakeWatcher(), clock=clock,
-        diagnostics=Diagnostics(io.StringIO()), notifier=FakeNotifier(), cluster=agent)
+        queue=queue or FakeQueue(), logger=FakeLogger(), watcher=FakeWatcher(),
+        clock=clock, diagnostics=Diagnostics(stream), notifier=FakeNotifier(),
+        cluster=agent)
+    return coordinator, agent, clock, stream
+
+
+def test_a_reload_publishes_the_versions_of_the_jobs_it_touched(tmp_path):
+    from supervisor.processes.coordinator import job_version
+    from tests.test_coordinator_step import write_job
+
+    coordinator, agent, clock, _ = cluster_coordinator(tmp_path)
     for name in ("a.json", "b.json", "same.json"):
         write_job(tmp_path, name, schedule="0 3 * * *")
     coordinator.load()
@@ -85,7 +103,57 @@ def test_a_reload_publishes_the_versions_of_the_jobs_it_touched(tmp_path):
     coordinator.request_reload("test")
     coordinator.step(wait=lambda objects, timeout: clock.sleep(timeout) or [])
     latest = agent.published[-1]
-    assert latest == {job_id: spec_version(state.spec)
+    assert latest == {job_id: job_version(state.spec)
                       for job_id, state in coordinator.schedule.jobs.items()}
     assert sorted(latest) == ["a", "c", "same"]
     assert latest["a"] != first["a"] and latest["same"] == first["same"]
+
+
+def test_limits_are_the_claims_and_their_verdicts_reach_the_node(tmp_path):
+    """In a cluster the node offers every occurrence of a limited job, even while it
+    runs one itself (the claims count every node's runs); a claim's skipped occurrence
+    is said as skipped, and a stop request stops the claimed run (replaced)."""
+    import json
+
+    from tests.test_coordinator_step import FakeQueue, write_job
+
+    class CancellingQueue(FakeQueue):
+        cancelled: list = []
+
+        def cancel(self, run_id, error):
+            self.cancelled.append((run_id, error))
+            return True
+
+    queue = CancellingQueue()
+    coordinator, agent, clock, stream = cluster_coordinator(tmp_path, queue)
+    write_job(tmp_path, "tick.json", schedule="* * * * * *", overlap="replace",
+              concurrency_group="g")
+    coordinator.load()
+    assert agent.published[-1]["tick"] == JobVersion(
+        agent.published[-1]["tick"].spec_hash, run_limit=1, replace=True,
+        concurrency_group="g")
+
+    def step(results=None):
+        agent.results = results or AgentResults()
+        coordinator.step(wait=lambda objects, timeout: clock.sleep(min(timeout or 1, 1))
+                         or [agent.waker])
+
+    step()
+    step()
+    first_job, first_at = agent.offered[0]
+    claim = Claim(first_job, first_at, "run-1", first_at)
+    step(AgentResults(claims=[claim]))
+    assert [e.run_id for e in queue.put_log] == ["run-1"]
+    offered = len(agent.offered)
+    step()
+    step()  # its run is still going: the next occurrences are offered all the same
+    assert len(agent.offered) > offered
+    step(AgentResults(skipped=[Skipped("tick", agent.offered[-1][1],
+                                       "previous run still in progress")],
+                      stops=[StopRequest("run-1", "node-a")]))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    skipped = [e for e in lines if e["event"] == "skipped"]
+    assert [(e["job_id"], e["reason"]) for e in skipped] == [
+        ("tick", "previous run still in progress")]
+    assert queue.cancelled == [("run-1", "replaced")]
+    assert not [e for e in lines if e["event"] == "queued"]  # no local group gate

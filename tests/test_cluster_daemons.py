@@ -8,6 +8,7 @@ ship them) and its own execution log; the shared history is the database's.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import signal
@@ -25,12 +26,12 @@ pytestmark = pytest.mark.slow
 
 class Cluster:
     def __init__(self, base: Path, url: str, nodes: int, *, workers: int = 4,
-                 lease_s: float = 15.0) -> None:
+                 lease_s: float = 15.0, args: tuple[str, ...] = ()) -> None:
         self.url = url
         for n in range(nodes):
             (base / f"node{n}").mkdir(exist_ok=True)
         self.nodes = [Daemon(base / f"node{n}", workers=workers,
-                             args=("--cluster", url, "--lease", str(lease_s)))
+                             args=("--cluster", url, "--lease", str(lease_s), *args))
                       for n in range(nodes)]
 
     def write_job(self, name: str, **fields) -> None:
@@ -127,6 +128,47 @@ def test_per_second_jobs_run_each_second_once_across_nodes(cluster_of):
     logged_ids = {r["run_id"] for r in records}
     extra = [r for r in json.loads(shown.stdout) if r["run_id"] not in logged_ids]
     assert extra == [] and len(json.loads(shown.stdout)) == len(records), extra[:3]
+
+
+def test_overlap_and_concurrency_groups_hold_across_nodes(cluster_of):
+    """Two nodes, per-second jobs longer than their period: a skip job's runs never
+    overlap, a concurrency group's runs never overlap, and a replace job's run is
+    stopped (replaced) by the next one, wherever each ran."""
+    # Heartbeats (stop requests) every second; a stop does not wait for the last run.
+    cluster = cluster_of(2, lease_s=3.0, args=("--grace-period", "0.5"))
+    cluster.write_job("skip.json", overlap="skip", command="sleep 1.5")
+    for name in ("g1", "g2"):
+        cluster.write_job(f"{name}.json", concurrency_group="g", command="sleep 0.4")
+    cluster.write_job("swap.json", schedule="*/3 * * * * *", overlap="replace",
+                      command="sleep 30")
+    cluster.start()
+    wait_until(lambda: len(cluster.records("skip")) >= 3
+               and len(cluster.records("swap")) >= 2, timeout=60,
+               message="three skip runs and two replaced runs")
+    for node in cluster.nodes:
+        node.stop()
+    records = cluster.records()
+    assert max(Counter((r["job_id"], r["scheduled_for"]) for r in records).values()) == 1
+
+    def spans(jobs):
+        return sorted((datetime.fromisoformat(r["timestamp"]),
+                       datetime.fromisoformat(r["finished_at"]), r["node"])
+                      for r in records if r["job_id"] in jobs)
+
+    for jobs in (("skip",), ("g1", "g2")):
+        runs = spans(jobs)
+        assert len({node for _, _, node in runs}) >= 1
+        for (_, end, _), (start, _, _) in itertools.pairwise(runs):
+            assert start >= end, (jobs, runs)  # one at a time, across the nodes
+    skipped = [e for node in cluster.nodes for e in node.events("skipped")]
+    assert any(e["job_id"] == "skip" for e in skipped), skipped[:3]
+    swaps = sorted((r for r in records if r["job_id"] == "swap"),
+                   key=lambda r: r["scheduled_for"])
+    # Each run but the last was replaced by the next (the last is stopped at shutdown).
+    assert all(r["status"] == "FAILURE" for r in swaps)
+    assert [r["error"] for r in swaps[:-1]] == ["replaced"] * (len(swaps) - 1), [
+        (r["scheduled_for"], r["node"], r["error"], r["timestamp"], r["finished_at"])
+        for r in swaps]
 
 
 def test_db_upgrade_creates_the_schema_and_says_its_version(postgres_url):

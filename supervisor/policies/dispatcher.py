@@ -94,6 +94,8 @@ class Dispatcher:
         """Through the concurrency group to a worker; False if skipped."""
         state = self.schedule.jobs.get(execution.job_id)
         group = state.spec.policy.concurrency_group if state is not None else None
+        if self.schedule.limits_elsewhere:  # a cluster's claims hold the groups
+            group = None
         verdict = "run" if group is None else self.groups.admit(group, execution)
         if verdict == "run":
             self._hand_out(execution)

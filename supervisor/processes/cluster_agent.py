@@ -52,6 +52,8 @@ class AgentResults:
     claims: list[Any] = field(default_factory=list)  # cluster.claims.Claim
     lost: list[Any] = field(default_factory=list)  # cluster.nodes.LostRun (peers' runs)
     missed: list[tuple[str, datetime]] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)  # cluster.claims.Skipped: at a limit
+    stops: list[Any] = field(default_factory=list)  # cluster.claims.StopRequest: this node's
     events: list[dict[str, Any]] = field(default_factory=list)
     # Claimed runs' records sent to the database: (record, kept). Not kept: the run was
     # recorded node lost by a peer first (this node had been declared dead).
@@ -76,7 +78,9 @@ class ClusterAgent:
         self._finished: list[dict[str, Any]] = []
         self._capacity = 0
         self._busy = 0
-        self._hashes: dict[str, str] | None = None  # to publish (None: nothing new)
+        self._hashes: dict[str, Any] | None = None  # to publish (None: nothing new)
+        self._limited = False  # a published job has limits: claims take turns
+        self._stops_delivered: set[str] = set()  # run ids asked to stop, said once
         self._results = AgentResults()
         self._stopping = False
         self._draining = False  # the daemon is stopping: claim nothing more
@@ -137,11 +141,16 @@ class ClusterAgent:
     def finished(self, record: dict[str, Any]) -> None:
         with self._lock:
             self._finished.append(record)
+            self._stops_delivered.discard(record["run_id"])
             self._lock.notify()
 
-    def publish(self, hashes: dict[str, str]) -> None:
+    def publish(self, hashes: dict[str, Any]) -> None:
+        """This node's version of each job: a spec hash, or a cluster.specs.JobVersion
+        (with its limits)."""
+        limited = any(getattr(version, "limited", False) for version in hashes.values())
         with self._lock:
             self._hashes = dict(hashes)
+            self._limited = limited
             self._lock.notify()
 
     def take(self) -> AgentResults:
@@ -278,7 +287,7 @@ class ClusterAgent:
 
     def _heartbeat(self, nodes: Any, claims: Any) -> None:
         with self._lock:
-            busy = self._busy
+            busy, limited = self._busy, self._limited
         beat = nodes.heartbeat(self.node_id, busy)
         if not beat.alive:
             self._fence("declared dead by a peer (silent past its lease: paused, or cut "
@@ -287,8 +296,17 @@ class ClusterAgent:
         lost = nodes.reap(self.node_id)
         missed = claims.expire()
         self.nodes = nodes.nodes()
-        if lost or missed:
-            self._deliver(lost=lost, missed=missed)
+        # Runs of this node that a peer's claim replaced (overlap: replace).
+        stops = self._new_stops(claims.stop_requests(self.node_id)) if busy and limited else []
+        if lost or missed or stops:
+            self._deliver(lost=lost, missed=missed, stops=stops)
+
+    def _new_stops(self, stops: list[Any]) -> list[Any]:
+        with self._lock:
+            new = [stop for stop in stops if stop.node_id == self.node_id
+                   and stop.run_id not in self._stops_delivered]
+            self._stops_delivered |= {stop.run_id for stop in new}
+        return new
 
     def _fence(self, reason: str) -> None:
         old, self.node_id = self.node_id, None  # rejoins as a new node
@@ -307,6 +325,7 @@ class ClusterAgent:
             capacity = max(0, self._capacity - len(self._results.claims))
             if self._draining:
                 capacity = 0
+            limited = self._limited
         mono = self._monotonic()
         # With free workers: claim for new offers, when the last claim was full (more may
         # be due: a burst goes at the pace workers free up), and at each poll (others'
@@ -318,7 +337,9 @@ class ClusterAgent:
             return next_poll
         from supervisor.cluster.claims import Offer
 
-        got = claims.claim([Offer(*offer) for offer in due], capacity, node_id=self.node_id)
+        batch = claims.claim_batch([Offer(*offer) for offer in due], capacity,
+                                   node_id=self.node_id, limited=limited)
+        got = batch.claims
         with self._lock:
             sent = set(map(id, due))
             self._offers = [offer for offer in self._offers if id(offer) not in sent]
@@ -331,8 +352,9 @@ class ClusterAgent:
                    "reason": "not offered while the cluster database was unreachable; "
                              "its latest occurrence was offered instead"}
                   for job_id, (first, count) in sorted(superseded.items())]
-        if got or events:
-            self._deliver(claims=got, events=events)
+        stops = self._new_stops(batch.stops)
+        if got or events or batch.skipped or stops:
+            self._deliver(claims=got, events=events, skipped=batch.skipped, stops=stops)
         # As many as it could take: more may be due, so claim again as soon as workers
         # are free; else look again for others' leftovers at the next poll.
         self._more_due = capacity > 0 and len(got) >= capacity

@@ -36,7 +36,7 @@ from supervisor.processes.handoff import ExecutionQueue
 from supervisor.processes.heap import bulk_load
 from supervisor.processes.readiness import wait_readable
 from supervisor.store.abc import Memory
-from supervisor.timing.schedule import Occurrence, Schedule
+from supervisor.timing.schedule import Occurrence, Schedule, run_limit
 from workers.execution import Execution, failure_record
 
 MAX_SLEEP_S = 1.0
@@ -117,8 +117,9 @@ class Coordinator:
         self._disowned: set[str] = set()
         # Claimed runs' records waiting for the database to take them (then logged).
         self._finishing: dict[str, dict[str, Any]] = {}
-        self._published: dict[str, str] = {}
+        self._published: dict[str, Any] = {}  # job id -> cluster.specs.JobVersion
         self.schedule = Schedule(self.clock.now(), misfire_grace_s=options.misfire_grace_s)
+        self.schedule.limits_elsewhere = cluster is not None
         self.memory = memory  # what the state store had at start, until load() used it
         self.state = state  # the store's file, or "memory"
         if memory is not None:
@@ -445,8 +446,9 @@ class Coordinator:
         self.schedule.run_dropped(execution.job_id, execution.run_id)  # runs where claimed
         if state is None:
             return
+        version = self._published.get(execution.job_id)
         self.cluster.offer(execution.job_id, datetime.fromisoformat(execution.scheduled_for),
-                           self._published.get(execution.job_id),
+                           version.spec_hash if version is not None else None,
                            self.schedule.grace_s(state.spec))
 
     def _cluster_step(self, ready: list[Any]) -> None:
@@ -467,6 +469,17 @@ class Coordinator:
                     self._disown(record)
             for claim in results.claims:
                 self._run_claim(claim)
+            for skipped in results.skipped:  # at its job's limit, counted cluster-wide
+                state = self.schedule.jobs.get(skipped.job_id)
+                self.dispatcher.skipped({"event": "skipped", "level": "warning",
+                                         "job_id": skipped.job_id,
+                                         "file": state.spec.file if state else None,
+                                         "scheduled_for": skipped.scheduled_for.astimezone(
+                                             self.clock.now().tzinfo).isoformat(),
+                                         "reason": skipped.reason})
+            for stop in results.stops:  # overlap: replace, claimed on some node
+                if stop.run_id in self._claimed:
+                    self._stop_run(stop.run_id, stop.reason)
             for lost in results.lost:
                 self.emit({"event": "node_lost", "level": "warning", "node": lost.node_id,
                            "job_id": lost.job_id, "run_id": lost.run_id,
@@ -518,13 +531,13 @@ class Coordinator:
         if self.cluster is None:
             return
         if changes is None:
-            self._published = {job_id: spec_version(state.spec)
+            self._published = {job_id: job_version(state.spec)
                                for job_id, state in self.schedule.jobs.items()}
         else:
             for job_id in changes.removed:
                 self._published.pop(job_id, None)
             for spec in changes.upserted:
-                self._published[spec.job_id] = spec_version(spec)
+                self._published[spec.job_id] = job_version(spec)
         self.cluster.publish(self._published)
 
     def _stop_run(self, run_id: str, error: str) -> bool:
@@ -707,6 +720,15 @@ def _claimable(execution: Execution) -> bool:
     run this node claimed) and a hook are this node's own."""
     return (not execution.manual and execution.hook is None
             and (execution.attempt or 1) == 1)
+
+
+def job_version(spec: Any) -> Any:
+    """This node's version of a job for the cluster: its hash and its limits."""
+    from supervisor.cluster.specs import JobVersion
+
+    return JobVersion(spec_version(spec), run_limit=run_limit(spec),
+                      replace=spec.overlap == "replace",
+                      concurrency_group=spec.policy.concurrency_group)
 
 
 def spec_version(spec: Any) -> str:

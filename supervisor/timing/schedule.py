@@ -158,6 +158,9 @@ class Schedule:
         self._events: list[dict[str, Any]] = []
         # Removed jobs' occurrences handed out ahead of their instant (see remove()).
         self._taken_ahead: dict[str, datetime] = {}
+        # In a cluster the claims hold each job's limit over every node's runs: every
+        # occurrence is offered, and the claim skips it (cluster/claims.py).
+        self.limits_elsewhere = False
 
     def remember(self, memory: Memory) -> None:
         """What a previous daemon on this state dir left (before the first load)."""
@@ -359,7 +362,7 @@ class Schedule:
                 continue
             early = state.next_fire > now
             spec = state.spec
-            limit = run_limit(spec)
+            limit = None if self.limits_elsewhere else run_limit(spec)
             at_limit = limit is not None and state.in_flight >= limit
             if early and at_limit:  # it may have finished by its instant: decide then
                 self._at_instant[job_id] = state.next_fire.timestamp()
