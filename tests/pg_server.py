@@ -29,7 +29,10 @@ SETTINGS = {
     "port": str(PORT),
     "fsync": "off",
     "full_page_writes": "off",
-    "synchronous_commit": "off",
+    # On (the default): a commit survives a crash of the server (``kill``, ``-m
+    # immediate``). Off, a claim acknowledged to one node can be lost in the crash and
+    # claimed again by another: the cluster's exactly-once needs it on.
+    "synchronous_commit": "on",
     "wal_level": "minimal",
     "max_wal_senders": "0",
     "max_connections": "50",

@@ -21,9 +21,11 @@ def test_offers_due_and_unsent_coalesce_into_the_latest():
     for back in (3, 2, 1):  # a per-second job, three seconds the database missed
         a.offer("tick", now - timedelta(seconds=back), "h", 60.0)
     a.offer("other", now - timedelta(seconds=1), "h", 60.0)
-    assert [(job, at) for job, at, _, _ in a._offers] == [
+    due, later = a._offers.due(now.timestamp())
+    assert [(o.job_id, o.scheduled_for) for o in due] == [
         ("tick", now - timedelta(seconds=1)), ("other", now - timedelta(seconds=1))]
-    assert a._superseded == {"tick": (now - timedelta(seconds=3), 2)}
+    assert later is None
+    assert a._offers.take_superseded() == {"tick": (now - timedelta(seconds=3), 2)}
 
 
 def test_offers_waiting_for_their_instant_are_never_coalesced():
@@ -32,7 +34,7 @@ def test_offers_waiting_for_their_instant_are_never_coalesced():
     now = datetime.now(UTC)
     for ahead in (1, 2, 3):  # not due by the database's clock yet
         a.offer("tick", now + timedelta(seconds=ahead), "h", 60.0)
-    assert len(a._offers) == 3 and a._superseded == {}
+    assert len(a._offers) == 3 and a._offers.superseded == {}
 
 
 class FakeAgent:
@@ -53,7 +55,7 @@ class FakeAgent:
     def publish(self, hashes: dict[str, JobVersion]) -> None:
         self.published.append(dict(hashes))
 
-    def offer(self, job_id, scheduled_for, spec_hash, deadline_s) -> None:
+    def offer(self, job_id, scheduled_for, spec_hash, deadline_s, keep=1) -> None:
         self.offered.append((job_id, scheduled_for))
 
     def take(self) -> AgentResults:
@@ -63,7 +65,7 @@ class FakeAgent:
     def wait_object(self) -> object:
         return self.waker
 
-    def set_capacity(self, idle: int, busy: int) -> None:
+    def set_capacity(self, busy: int, waiting: int) -> None:
         pass
 
 

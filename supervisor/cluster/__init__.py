@@ -13,4 +13,6 @@ own clock, in one transaction:
 - ``specs``: the hash of each job's version on each node (what a node may claim, and
   the conflicts ``taskd status`` shows).
 - ``db_clock``: this node's clock against the database's (the skew warning).
+- ``pending``: a node's offers not sent yet, coalesced while the database is away
+  (no database: the agent's bookkeeping).
 """

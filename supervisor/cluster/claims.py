@@ -32,7 +32,7 @@ late finish from a node declared dead is refused, and its ``node lost`` record s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -87,6 +87,7 @@ class ClaimBatch:
     claims: list[Claim]
     skipped: list[Skipped]
     stops: list[StopRequest]  # runs of any node; each node also polls its own
+    finished: list[bool] = field(default_factory=list)  # the finishes sent with it: kept?
 
 
 _OFFER = """
@@ -280,12 +281,15 @@ class Claims:
         return self.claim_batch(offers, limit, node_id=node_id, limited=limited).claims
 
     def claim_batch(self, offers: Sequence[Offer | tuple[Any, ...]], limit: int, *,
-                    node_id: str, limited: bool = False) -> ClaimBatch:
+                    node_id: str, limited: bool = False,
+                    finished: Sequence[tuple[str, str, dict[str, Any]]] = ()) -> ClaimBatch:
         """Offer ``offers`` (each ``(job_id, scheduled_for, spec_hash[, deadline_s])``),
         then claim up to ``limit`` due occurrences (anyone's offers, oldest first) for
         ``node_id``: one round trip. ``limited``: the node has published jobs with limits
         (run_limit, concurrency_group), so its claims take turns with other such claims
-        and look past the capacity for the occurrences to skip.
+        and look past the capacity for the occurrences to skip. ``finished``: claimed
+        runs that ended (``finish_many``'s), finished first in the same round trip (the
+        workers they free are in ``limit``); their answers are ``ClaimBatch.finished``.
 
         A claim whose answer was lost (the connection broke after the commit) is not
         lost: its run ids were chosen here, so the next call asks for them too, in the
@@ -294,6 +298,7 @@ class Claims:
         # Every parameter is built before anything is sent (see ClusterDatabase.batch);
         # offers in one order everywhere, so two nodes inserting the same rows at once
         # wait for each other in the same order and never deadlock.
+        ends = _finish_statements(finished)
         rows = sorted({(o.job_id, o.scheduled_for): o for o in map(_offer, offers)}.values(),
                       key=lambda o: (o.job_id, o.scheduled_for))
         offer = {"job_ids": [o.job_id for o in rows], "times": [o.scheduled_for for o in rows],
@@ -304,10 +309,11 @@ class Claims:
         claim = {"node_id": node_id, "limit": limit, "unanswered": unanswered,
                  "window": limit + (LIMITED_WINDOW if limited else 0),
                  "run_ids": [new_run_id() for _ in range(limit)]}
-        if not rows and not limit and not unanswered:
+        if not rows and not limit and not unanswered and not ends:
             return ClaimBatch([], [], [])
         try:
             with self.db.batch() as db:
+                done = _send_finishes(db, ends)
                 if rows:
                     db.execute(_OFFER, offer)
                 answered = None
@@ -325,8 +331,10 @@ class Claims:
             self._unanswered += claim["run_ids"]
             raise
         self._unanswered = []
-        return _batch(answered.fetchall() if answered else [],
-                      decided.fetchall() if decided else [])
+        batch = _batch(answered.fetchall() if answered else [],
+                       decided.fetchall() if decided else [])
+        batch.finished = _finish_answers(ends, done)
+        return batch
 
     def stop_requests(self, node_id: str) -> list[StopRequest]:
         """This node's claimed runs that later claims asked it to stop."""
@@ -341,26 +349,12 @@ class Claims:
 
     def finish_many(self, finished: Sequence[tuple[str, str, dict[str, Any]]]) -> list[bool]:
         """``finish`` for each ``(run_id, node_id, record)``, all in one round trip."""
-        statements = []
-        for run_id, node_id, record in finished:
-            if record.get("run_id") != run_id or record.get("hook") or record.get("manual"):
-                raise ValueError(f"run {run_id}: not the record of that claimed occurrence")
-            params = record_statement(record)[1]
-            statements.append({**params, "node_id": node_id})
-        if not statements:
+        ends = _finish_statements(finished)
+        if not ends:
             return []
-        # One order for every writer of taskd_jobs rows: fewer lock waits, no deadlock
-        # between two nodes finishing runs of the same jobs.
-        ordered = sorted(statements, key=lambda params: (params["job_id"], params["run_id"]))
-        check = {"run_ids": [p["run_id"] for p in statements],
-                 "node_ids": [p["node_id"] for p in statements]}
         with self.db.batch() as db:
-            for params in ordered:
-                db.execute(_FINISH, params)
-            done = db.cursor()
-            done.execute(_FINISHED, check)
-        ours = {run_id for (run_id,) in done.fetchall()}
-        return [params["run_id"] in ours for params in statements]
+            done = _send_finishes(db, ends)
+        return _finish_answers(ends, done)
 
     def expire(self, older_than_s: float | None = None, *,
                limit: int = 10_000) -> list[tuple[str, datetime]]:
@@ -385,6 +379,35 @@ class Claims:
         with self.db.session() as db:
             return db.execute(_PRUNE, {"retention_s": self.retention_s,
                                        "budget": budget}).rowcount
+
+
+def _finish_statements(finished: Sequence[tuple[str, str, dict[str, Any]]]
+                       ) -> list[dict[str, Any]]:
+    """Each finish's parameters, in the order the records were given."""
+    statements = []
+    for run_id, node_id, record in finished:
+        if record.get("run_id") != run_id or record.get("hook") or record.get("manual"):
+            raise ValueError(f"run {run_id}: not the record of that claimed occurrence")
+        params = record_statement(record)[1]
+        statements.append({**params, "node_id": node_id})
+    return statements
+
+
+def _send_finishes(db: Any, statements: list[dict[str, Any]]) -> Any:
+    """Queue the finishes in an open batch; the cursor that will say which were kept."""
+    if not statements:
+        return None
+    # One order for every writer of taskd_jobs rows: fewer lock waits, no deadlock
+    # between two nodes finishing runs of the same jobs.
+    for params in sorted(statements, key=lambda params: (params["job_id"], params["run_id"])):
+        db.execute(_FINISH, params)
+    return db.cursor().execute(_FINISHED, {"run_ids": [p["run_id"] for p in statements],
+                                           "node_ids": [p["node_id"] for p in statements]})
+
+
+def _finish_answers(statements: list[dict[str, Any]], done: Any) -> list[bool]:
+    ours = {run_id for (run_id,) in done.fetchall()} if done is not None else set()
+    return [params["run_id"] in ours for params in statements]
 
 
 def _batch(answered: list[tuple[Any, ...]], decided: list[tuple[Any, ...]]) -> ClaimBatch:

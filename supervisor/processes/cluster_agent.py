@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from supervisor.cluster.pending import PendingOffer, PendingOffers
+
 HEARTBEATS_PER_LEASE = 3
 CLAIM_POLL_S = 1.0  # others' unclaimed offers, while there is capacity
 CONFLICTS_EVERY_LEASES = 1.0  # the conflict view's refresh, and after each publish
-MAX_PENDING_OFFERS = 100_000  # held while the database is away; the oldest go first
 RECONNECT_S = (0.5, 10.0)  # backoff: first wait, most
 PRUNE_EVERY_S = 3600.0  # old occurrences and nodes gone for a day are forgotten
 
@@ -71,13 +72,12 @@ class ClusterAgent:
         self.host = host or socket.gethostname()
         self._monotonic = monotonic
         self._lock = threading.Condition()
-        self._offers: list[tuple[str, datetime, str | None, float | None]] = []
-        self._pending_of: dict[str, tuple[str, datetime, str | None, float | None]] = {}
-        # Offers replaced by a later one before they were sent: job -> (first, count).
-        self._superseded: dict[str, tuple[datetime, int]] = {}
+        self._offers = PendingOffers()
         self._finished: list[dict[str, Any]] = []
-        self._capacity = 0
+        self._free = 0  # workers neither busy nor with a run waiting for them
         self._busy = 0
+        self._waiting = 0  # runs handed to the pool, waiting for a worker
+        self._poke = False  # something for the thread since it last looked
         self._hashes: dict[str, Any] | None = None  # to publish (None: nothing new)
         self._limited = False  # a published job has limits: claims take turns
         self._stops_delivered: set[str] = set()  # run ids asked to stop, said once
@@ -108,41 +108,36 @@ class ClusterAgent:
         return self._reader
 
     def offer(self, job_id: str, scheduled_for: datetime, spec_hash: str | None,
-              deadline_s: float | None) -> None:
-        """Offer an occurrence. One due and not sent yet (the database is away, or slow)
-        is replaced by its job's next: what came due meanwhile coalesces into the latest,
-        as a node falling behind does, never a storm when the database is back."""
+              deadline_s: float | None, *, keep: int = 1) -> None:
+        """Offer an occurrence. Those due and not sent yet (the database is away, or
+        slow) coalesce into the job's latest ``keep`` (its catch_up "all": up to its
+        max_catch_up), as a node falling behind does, never a storm when the database
+        is back (cluster.pending)."""
         with self._lock:
-            superseded = self._pending_of.get(job_id)
-            # Only one already due by the database's clock and still not sent: one
-            # waiting for its instant (this clock runs ahead) is not behind.
-            if (superseded is not None and superseded in self._offers
-                    and superseded[1].timestamp() <= time.time() + self.offset_s):
-                self._offers.remove(superseded)
-                first, count = self._superseded.get(job_id, (superseded[1], 0))
-                self._superseded[job_id] = (first, count + 1)
-            offer = (job_id, scheduled_for, spec_hash, deadline_s)
-            self._offers.append(offer)
-            self._pending_of[job_id] = offer
-            if len(self._offers) > MAX_PENDING_OFFERS:
-                dropped = self._offers.pop(0)
-                self._pending_of.pop(dropped[0], None)
-            self._lock.notify()
+            self._offers.add(PendingOffer(job_id, scheduled_for, spec_hash, deadline_s),
+                             now_db=time.time() + self.offset_s, keep=keep)
+            self._wake()
 
-    def set_capacity(self, idle: int, busy: int) -> None:
+    def set_capacity(self, busy: int, waiting: int) -> None:
+        """After each of the coordinator's steps (``busy`` workers, ``waiting`` runs
+        handed out and not on a worker yet): the finishes it gave in the step go out
+        now, with a claim for the workers they freed (one round trip)."""
         with self._lock:
-            if self._draining:
-                idle = 0
-            changed = idle > self._capacity
-            self._capacity, self._busy = idle, busy
-            if changed:
-                self._lock.notify()
+            free = self.workers - busy - waiting
+            changed = free > self._free
+            self._free, self._busy, self._waiting = free, busy, waiting
+            if changed or self._finished:
+                self._wake()
 
     def finished(self, record: dict[str, Any]) -> None:
+        """A claimed run's record (sent at the next ``set_capacity``)."""
         with self._lock:
             self._finished.append(record)
             self._stops_delivered.discard(record["run_id"])
-            self._lock.notify()
+
+    def _wake(self) -> None:  # with the lock held
+        self._poke = True
+        self._lock.notify()
 
     def publish(self, hashes: dict[str, Any]) -> None:
         """This node's version of each job: a spec hash, or a cluster.specs.JobVersion
@@ -151,7 +146,7 @@ class ClusterAgent:
         with self._lock:
             self._hashes = dict(hashes)
             self._limited = limited
-            self._lock.notify()
+            self._wake()
 
     def take(self) -> AgentResults:
         try:
@@ -161,22 +156,21 @@ class ClusterAgent:
             pass
         with self._lock:
             results, self._results = self._results, AgentResults()
-            # What it claimed is being handed out: no more claims until the coordinator
-            # says again how many it can take (set_capacity, after it put them in).
-            self._capacity = max(0, self._capacity - len(results.claims))
+            # What it claimed is being handed out: no more claims for them until the
+            # coordinator says again how many it can take (set_capacity).
+            self._free -= len(results.claims)
         return results
 
     def drain(self) -> None:
         """Claim nothing more (the daemon is stopping); finishes still go out."""
         with self._lock:
             self._draining = True
-            self._capacity = 0
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, leave the cluster, end the thread."""
         with self._lock:
             self._stopping = True
-            self._lock.notify()
+            self._wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -211,6 +205,7 @@ class ClusterAgent:
                     last_heartbeat = mono
                     next_heartbeat = mono + self.lease_s / HEARTBEATS_PER_LEASE
                 with self._lock:
+                    self._poke = False
                     hashes, self._hashes = self._hashes, None
                     finished, self._finished = self._finished, []
                 if hashes is not None:
@@ -224,15 +219,12 @@ class ClusterAgent:
                 if mono >= next_conflicts:
                     self.conflicts = specs.conflicts()
                     next_conflicts = mono + self.lease_s * CONFLICTS_EVERY_LEASES
-                if finished:
-                    self._finish(claims, finished)
-                next_poll = self._claim(claims, next_poll)
+                next_poll = self._claim(claims, next_poll, finished)
                 with self._lock:
                     if self._stopping and not self._finished:
                         break
                     wait = min(next_heartbeat, next_poll) - self._monotonic()
-                    if wait > 0 and not self._finished and not self._hashes and not (
-                            self._offers and self._capacity):
+                    if wait > 0 and not self._poke:
                         self._lock.wait(min(wait, 1.0))
             except StoreError as error:
                 self._lost_connection(db, str(error))
@@ -313,44 +305,37 @@ class ClusterAgent:
         self._deliver(fenced=True, events=[{"event": "node_fenced", "level": "error",
                                             "node": old, "reason": reason}])
 
-    def _claim(self, claims: Any, next_poll: float) -> float:
-        """Send the offers that are due by the database's clock, and claim; the time of
-        the next poll."""
+    def _claim(self, claims: Any, next_poll: float, finished: list[dict[str, Any]]) -> float:
+        """Send the finishes, the offers that are due by the database's clock, and claim,
+        in one round trip; the time of the next poll."""
         now_db = time.time() + self.offset_s
         with self._lock:
-            due = [offer for offer in self._offers if offer[1].timestamp() <= now_db]
-            later = [offer for offer in self._offers if offer[1].timestamp() > now_db]
-            # Claims delivered and not taken yet will fill workers the coordinator still
-            # counts as free: never claim more than there are workers.
-            capacity = max(0, self._capacity - len(self._results.claims))
-            if self._draining:
-                capacity = 0
+            due, later = self._offers.due(now_db)
+            capacity = self._capacity()
             limited = self._limited
         mono = self._monotonic()
         # With free workers: claim for new offers, when the last claim was full (more may
         # be due: a burst goes at the pace workers free up), and at each poll (others'
         # leftovers).
         if not due and (capacity <= 0 or (mono < next_poll and not self._more_due)):
-            if later:  # wake when the first of them is due
-                return min(next_poll, mono + max(0.0, min(o[1].timestamp() for o in later)
-                                                 - now_db))
+            if finished:
+                self._finish(claims, finished)
+            if later is not None:  # wake when the first of them is due
+                return min(next_poll, mono + max(0.0, later - now_db))
             return next_poll
         from supervisor.cluster.claims import Offer
 
-        batch = claims.claim_batch([Offer(*offer) for offer in due], capacity,
-                                   node_id=self.node_id, limited=limited)
+        batch = self._finishing(finished, lambda ends: claims.claim_batch(
+            [Offer(*offer) for offer in due], capacity, node_id=self.node_id,
+            limited=limited, finished=ends))
         got = batch.claims
         with self._lock:
-            sent = set(map(id, due))
-            self._offers = [offer for offer in self._offers if id(offer) not in sent]
-            for offer in due:
-                if self._pending_of.get(offer[0]) is offer:
-                    del self._pending_of[offer[0]]
-            superseded, self._superseded = self._superseded, {}
+            self._offers.sent(due)
+            superseded = self._offers.take_superseded()
         events = [{"event": "missed", "level": "warning", "job_id": job_id,
                    "scheduled_for": first.isoformat(), "count": count,
                    "reason": "not offered while the cluster database was unreachable; "
-                             "its latest occurrence was offered instead"}
+                             "its later occurrences were offered instead"}
                   for job_id, (first, count) in sorted(superseded.items())]
         stops = self._new_stops(batch.stops)
         if got or events or batch.skipped or stops:
@@ -360,15 +345,34 @@ class ClusterAgent:
         self._more_due = capacity > 0 and len(got) >= capacity
         return mono + CLAIM_POLL_S
 
+    def _capacity(self) -> int:
+        """How many runs to claim now (with the lock held): one per free worker; in a
+        backlog (the last claim took all it could) also one ahead per worker, so that a
+        worker that ends a run finds the next one here instead of waiting a round trip
+        for it. Claims delivered and not taken yet count as taken."""
+        if self._draining:
+            return 0
+        ahead = self.workers if self._more_due else 0
+        return max(0, self._free + ahead - len(self._results.claims))
+
     def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
+        self._finishing(finished, lambda ends: _Answers(claims.finish_many(ends)))
+
+    def _finishing(self, finished: list[dict[str, Any]], send: Callable[[list[Any]], Any]
+                   ) -> Any:
+        """``send`` the finishes (and whatever goes with them); their answers delivered.
+        If it fails they are sent again once the database answers (a finish is
+        idempotent)."""
+        ends = [(record["run_id"], self._node_of(record), record) for record in finished]
         try:
-            answers = claims.finish_many([(record["run_id"], self._node_of(record), record)
-                                          for record in finished])
+            result = send(ends)
         except BaseException:
-            with self._lock:  # sent again once the database answers (a finish is
-                self._finished[:0] = finished  # idempotent)
+            with self._lock:
+                self._finished[:0] = finished
             raise
-        self._deliver(finished=list(zip(finished, answers, strict=True)))
+        if finished:
+            self._deliver(finished=list(zip(finished, result.finished, strict=True)))
+        return result
 
     def _node_of(self, record: dict[str, Any]) -> str:
         return record.get("node") or self.node_id or ""
@@ -397,6 +401,11 @@ class ClusterAgent:
             self._writer.send(b"!")
         except (BlockingIOError, OSError):
             pass  # already readable
+
+
+@dataclass
+class _Answers:
+    finished: list[bool]  # finish_many's, in ClaimBatch's shape
 
 
 def _location(url: str) -> str:

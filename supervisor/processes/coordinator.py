@@ -447,9 +447,13 @@ class Coordinator:
         if state is None:
             return
         version = self._published.get(execution.job_id)
+        spec = state.spec
+        # What came due while the database was away follows the job's catch_up: "all"
+        # offers each (up to max_catch_up), else the latest; its deadline, the rest.
         self.cluster.offer(execution.job_id, datetime.fromisoformat(execution.scheduled_for),
                            version.spec_hash if version is not None else None,
-                           self.schedule.grace_s(state.spec))
+                           self.schedule.grace_s(spec),
+                           keep=spec.max_catch_up if spec.catch_up == "all" else 1)
 
     def _cluster_step(self, ready: list[Any]) -> None:
         if self.cluster.wait_object() in ready:
@@ -491,9 +495,7 @@ class Coordinator:
                            "file": state.spec.file if state else None,
                            "scheduled_for": scheduled_for.isoformat(),
                            "reason": "no node claimed it within its deadline"})
-        busy = len(self.queue.busy())
-        idle = self.options.workers - busy - self.queue.depth()
-        self.cluster.set_capacity(max(0, idle), busy)
+        self.cluster.set_capacity(len(self.queue.busy()), self.queue.depth())
 
     def _run_claim(self, claim: Any) -> None:
         """Run an occurrence this node claimed, as this node's version of the job; one
