@@ -129,7 +129,13 @@ WITH due AS MATERIALIZED (
     SELECT o.job_id, o.scheduled_for, j.spec_hash, j.run_limit, j.replace,
            j.concurrency_group
     FROM taskd_occurrences o
-    JOIN taskd_node_jobs j ON j.node_id = %(node_id)s AND j.job_id = o.job_id
+    -- LATERAL: the due rows drive (in the order of their index, up to the window) and
+    -- each looks up the claimer's version; never a scan of all the node's jobs, which a
+    -- planner with fresh statistics would otherwise pick.
+    CROSS JOIN LATERAL (SELECT spec_hash, run_limit, replace, concurrency_group
+                        FROM taskd_node_jobs
+                        WHERE node_id = %(node_id)s AND job_id = o.job_id
+                        LIMIT 1) j  -- (one row: its key) LIMIT keeps it a subquery
     WHERE o.state = 'due' AND o.scheduled_for <= now()
       AND (o.expires_at IS NULL OR o.expires_at > now())
       AND EXISTS (SELECT FROM taskd_nodes n
