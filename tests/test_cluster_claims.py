@@ -171,6 +171,39 @@ def test_finishing_a_batch_is_one_round_trip(cluster):
     assert len(node.db.history(HistoryQuery(limit=100))) == 50
 
 
+def test_a_batch_with_several_runs_of_a_job_keeps_its_last_run_as_the_store_would(
+        cluster):
+    """One statement finishes a batch: a job's last run is its latest record there, its
+    last success and failure the latest of each, its count all of them."""
+    node = Node(cluster(), ["job", "other"])
+    start = db_now(node.db) - timedelta(seconds=5)
+    claims = node.claim([("job", start + timedelta(seconds=i), "v1") for i in range(3)]
+                        + [("other", start, "v1")], limit=4)
+    statuses = {0: "SUCCESS", 1: "FAILURE", 2: "SUCCESS"}
+    records = []
+    for claim in claims:
+        second = round((claim.scheduled_for - start).total_seconds())
+        record = record_for(claim, node.id, statuses[second] if claim.job_id == "job"
+                            else "FAILURE")
+        record["timestamp"] = (claim.scheduled_for + timedelta(seconds=0.5)).isoformat()
+        records.append(record)
+    finished = [(r["run_id"], node.id, r) for r in reversed(records)]  # any order
+    assert node.claims.finish_many(finished) == [True] * 4
+    jobs = node.db.load_memory().jobs
+    by_second = {round((datetime.fromisoformat(r["scheduled_for"]) - start)
+                       .total_seconds()): r for r in records if r["job_id"] == "job"}
+    job = jobs["job"]
+    assert (job.last_status, job.last_error) == ("SUCCESS", None)
+    assert job.last_success == by_second[2]["timestamp"]
+    assert job.last_failure == by_second[1]["timestamp"]
+    assert job.last_scheduled == (start + timedelta(seconds=2)).timestamp()
+    assert rows(node.db, "SELECT job_id, records FROM taskd_jobs ORDER BY job_id") == [
+        ("job", 3), ("other", 1)]
+    assert jobs["other"].last_status == "FAILURE" and jobs["other"].last_success is None
+    assert node.claims.finish_many(finished) == [True] * 4  # sent again: nothing twice
+    assert rows(node.db, "SELECT sum(records) FROM taskd_jobs") == [(4,)]
+
+
 # -- misses -------------------------------------------------------------------------------
 
 

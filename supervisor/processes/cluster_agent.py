@@ -342,7 +342,8 @@ class ClusterAgent:
             self._deliver(claims=got, events=events, skipped=batch.skipped, stops=stops)
         # As many as it could take: more may be due, so claim again as soon as workers
         # are free; else look again for others' leftovers at the next poll.
-        self._more_due = capacity > 0 and len(got) >= capacity
+        if capacity > 0:  # (a claim for nothing, offers only, says nothing of a backlog)
+            self._more_due = len(got) >= capacity
         return mono + CLAIM_POLL_S
 
     def _capacity(self) -> int:
