@@ -403,9 +403,10 @@ def _send_finishes(db: Any, statements: list[dict[str, Any]]) -> Any:
     """Queue the finishes in an open batch; the cursor that will say which were kept."""
     if not statements:
         return None
-    # One order for every writer of taskd_jobs rows: fewer lock waits, no deadlock
-    # between two nodes finishing runs of the same jobs.
-    for params in sorted(statements, key=lambda params: (params["job_id"], params["run_id"])):
+    # One order for every writer of taskd_jobs rows (by job: fewer lock waits, no
+    # deadlock between two nodes finishing runs of the same jobs); a job's runs oldest
+    # first, so that its last run is its latest.
+    for params in sorted(statements, key=lambda p: (p["job_id"], p["started"], p["run_id"])):
         db.execute(_FINISH, params)
     return db.cursor().execute(_FINISHED, {"run_ids": [p["run_id"] for p in statements],
                                            "node_ids": [p["node_id"] for p in statements]})
