@@ -44,6 +44,7 @@ class FakeAgent:
     offset_s = 0.0
     connected = True
     nodes: list = []
+    view = None
     conflicts: list = []
 
     def __init__(self) -> None:

@@ -253,6 +253,47 @@ def test_status_shows_the_nodes_and_a_job_whose_files_differ(cluster_of):
         message="the second node's status text")
 
 
+def test_status_is_cluster_wide_and_a_pause_holds_on_every_node(cluster_of):
+    """Either node's status shows the runs each node holds and each job's last run
+    wherever it ran; a job paused on one node is paused on the other too."""
+    cluster = cluster_of(2, lease_s=2.0)
+    cluster.write_job("long.json", schedule=at(4).isoformat(), command="sleep 30")
+    cluster.write_job("tick.json", command="true")
+    cluster.start()
+    first, second = cluster.nodes
+
+    def holder(node: Daemon) -> str | None:
+        return next((n["id"] for n in node.client_json("status")["nodes"]
+                     for run in n.get("runs", []) if run["job_id"] == "long"), None)
+
+    held_by = wait_until(lambda: holder(first), timeout=30,
+                         message="the long run in the first node's status")
+    wait_until(lambda: holder(second) == held_by, timeout=30,
+               message="the second node's status naming the same holder")
+    assert any(line.startswith(f"  {held_by[:12]}") and line.rstrip().endswith("long")
+               for line in second.client("status").stdout.splitlines())
+
+    def tick_shown_from_the_other_node() -> bool:
+        shown = {j["job_id"]: j for j in first.client_json("status")["jobs"]}["tick"]
+        theirs = {r["timestamp"] for r in second.records("tick")}
+        return shown["last_run"] in theirs and shown["last_run"] == max(
+            (r["timestamp"] for r in cluster.records("tick")), key=datetime.fromisoformat)
+
+    wait_until(tick_shown_from_the_other_node, timeout=30,
+               message="the first node's status showing the latest tick, run by the other")
+    assert first.client("pause", "tick").returncode == 0
+    second.wait_event("job_paused", where=lambda e: e.get("via") == "cluster", timeout=30)
+    paused_at = datetime.now(UTC)
+    assert {j["job_id"]: j for j in second.client_json("status")["jobs"]}["tick"]["paused"]
+    # The scenario: both nodes run on for three seconds with the job paused.
+    wait_until(lambda: datetime.now(UTC) >= paused_at + timedelta(seconds=3), timeout=10)
+    for node in cluster.nodes:
+        node.stop()
+    late = [r for r in cluster.records("tick")
+            if datetime.fromisoformat(r["scheduled_for"]) > paused_at + timedelta(seconds=1)]
+    assert late == [] and cluster.records("tick")
+
+
 def shared_history(url: str) -> list[dict]:
     import psycopg
 

@@ -274,11 +274,16 @@ class _View:
         connected = "" if s.get("cluster_connected") else "; database unreachable"
         lines = ["", f"NODES ({len(nodes)} alive; this node {(s.get('node') or '-')[:12]}"
                      f"{connected})",
-                 f"  {'NODE':<12} {'HOST':<20} {'PID':<8} {'HEARTBEAT':<10} BUSY"]
+                 f"  {'NODE':<12} {'HOST':<20} {'PID':<8} {'HEARTBEAT':<10} {'BUSY':<7} "
+                 "RUNNING"]
         for n in nodes:
+            runs = n.get("runs") or []
+            shown = ", ".join(run["job_id"] for run in runs[:3])
+            more = f" +{len(runs) - 3}" if len(runs) > 3 else ""
             lines.append(f"  {n['id'][:12]:<12} {self.cell(n['host'], 20)} {n['pid']:<8} "
                          f"{_span(n['heartbeat_age_s']) + ' ago':<10} "
-                         f"{n['busy']}/{n['workers']}")
+                         f"{str(n['busy']) + '/' + str(n['workers']):<7} "
+                         f"{shown or '-'}{more}")
         for conflict in s.get("conflicts") or []:
             versions = ", ".join(f"{node[:8]} {digest[:8]}"
                                  for node, digest in sorted(conflict["hashes"].items()))

@@ -55,6 +55,7 @@ class AgentResults:
     missed: list[tuple[str, datetime]] = field(default_factory=list)
     skipped: list[Any] = field(default_factory=list)  # cluster.claims.Skipped: at a limit
     stops: list[Any] = field(default_factory=list)  # cluster.claims.StopRequest: this node's
+    paused: dict[str, bool] = field(default_factory=dict)  # a pause made on some node
     events: list[dict[str, Any]] = field(default_factory=list)
     # Claimed runs' records sent to the database: (record, kept). Not kept: the run was
     # recorded node lost by a peer first (this node had been declared dead).
@@ -93,7 +94,8 @@ class ClusterAgent:
         self.node_id: str | None = None
         self.connected = False
         self.offset_s = 0.0  # database clock minus ours
-        self.nodes: list[dict[str, Any]] = []
+        self.nodes: list[dict[str, Any]] = []  # each with its running runs ("runs")
+        self.view: Any = None  # cluster.job_view.JobView: each job's last run anywhere
         self.conflicts: list[dict[str, Any]] = []
         self.error: str | None = None
         self._published: dict[str, str] | None = None  # the last job versions published
@@ -179,6 +181,7 @@ class ClusterAgent:
     def _run(self) -> None:
         from supervisor.cluster.claims import Claims
         from supervisor.cluster.database import ClusterDatabase
+        from supervisor.cluster.job_view import JobView
         from supervisor.cluster.nodes import Nodes
         from supervisor.cluster.specs import SpecHashes
         from supervisor.store.abc import StoreError
@@ -194,6 +197,8 @@ class ClusterAgent:
                     db = ClusterDatabase(self.url)
                     self._connected(True)
                     nodes, claims, specs = Nodes(db), Claims(db), SpecHashes(db)
+                    self.view = self.view or JobView(db)
+                    self.view.db = db
                 if self.node_id is None:
                     self._join(nodes)
                     last_heartbeat = self._monotonic()
@@ -287,11 +292,12 @@ class ClusterAgent:
             return
         lost = nodes.reap(self.node_id)
         missed = claims.expire()
-        self.nodes = nodes.nodes()
+        self.nodes = _with_runs(nodes.nodes(), claims.running())
+        paused = self.view.refresh()
         # Runs of this node that a peer's claim replaced (overlap: replace).
         stops = self._new_stops(claims.stop_requests(self.node_id)) if busy and limited else []
-        if lost or missed or stops:
-            self._deliver(lost=lost, missed=missed, stops=stops)
+        if lost or missed or stops or paused:
+            self._deliver(lost=lost, missed=missed, stops=stops, paused=paused)
 
     def _new_stops(self, stops: list[Any]) -> list[Any]:
         with self._lock:
@@ -396,12 +402,26 @@ class ClusterAgent:
             for key, value in results.items():
                 if key == "fenced":
                     self._results.fenced = self._results.fenced or value
+                elif key == "paused":
+                    self._results.paused.update(value)
                 else:
                     getattr(self._results, key).extend(value)
         try:
             self._writer.send(b"!")
         except (BlockingIOError, OSError):
             pass  # already readable
+
+
+def _with_runs(nodes: list[dict[str, Any]], running: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Each node with the runs it has claimed and not finished (for status)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for run in running:
+        runs.setdefault(run["node"], []).append(
+            {"job_id": run["job_id"], "run_id": run["run_id"],
+             "scheduled_for": run["scheduled_for"].isoformat(),
+             "claimed_at": run["claimed_at"].isoformat()})
+    return [{**node, "runs": runs.get(node["id"], [])} for node in nodes]
 
 
 @dataclass

@@ -484,6 +484,9 @@ class Coordinator:
             for stop in results.stops:  # overlap: replace, claimed on some node
                 if stop.run_id in self._claimed:
                     self._stop_run(stop.run_id, stop.reason)
+            for job_id, paused in sorted(results.paused.items()):  # paused on some node
+                if job_id in self.schedule.jobs:
+                    self.set_paused(job_id, paused, via="cluster")
             for lost in results.lost:
                 self.emit({"event": "node_lost", "level": "warning", "node": lost.node_id,
                            "job_id": lost.job_id, "run_id": lost.run_id,
@@ -617,10 +620,20 @@ class Coordinator:
         return {"job_id": spec.job_id, "file": spec.file, "schedule": spec.schedule,
                 "timezone": spec.timezone, "enabled": spec.enabled,
                 "next_run": state.next_fire.isoformat() if state.next_fire else None,
-                "last_run": state.last_started, "last_status": state.last_status,
-                "last_error": state.last_error, "last_success": state.last_success,
-                "last_failure": state.last_failure, "running": state.in_flight,
+                **self._last_run(state), "running": state.in_flight,
                 "paused": spec.job_id in self.schedule.paused}
+
+    def _last_run(self, state: Any) -> dict[str, Any]:
+        """The job's last run: this node's, or in a cluster the latest on any node."""
+        here = {"last_run": state.last_started, "last_status": state.last_status,
+                "last_error": state.last_error, "last_success": state.last_success,
+                "last_failure": state.last_failure}
+        view = self.cluster.view if self.cluster is not None else None
+        anywhere = view.last_run(state.spec.job_id) if view is not None else None
+        if anywhere is None or (here["last_run"] is not None and _later_or_same(
+                here["last_run"], anywhere["last_run"])):
+            return here
+        return anywhere
 
     def run_now(self, job_id: str) -> Execution | None:
         """``taskd run``: one manual execution now, whatever the schedule says."""
@@ -631,8 +644,10 @@ class Coordinator:
                    "file": occurrence.spec.file})
         return self.submit(occurrence)
 
-    def set_paused(self, job_id: str, paused: bool) -> dict[str, Any] | None:
-        """``taskd pause`` / ``taskd resume``; None if there is no such job."""
+    def set_paused(self, job_id: str, paused: bool, via: str = "command"
+                   ) -> dict[str, Any] | None:
+        """``taskd pause`` / ``taskd resume`` (``via="cluster"``: made on another node,
+        already in the shared store); None if there is no such job."""
         now = self.clock.now()
         was = job_id in self.schedule.paused
         found = (self.schedule.pause(job_id) if paused
@@ -641,9 +656,11 @@ class Coordinator:
             return None
         state = self.schedule.jobs[job_id]
         if was != paused:
-            self.logger.mark({"mark": "paused", "job_id": job_id, "paused": paused})
+            if via != "cluster":
+                self.logger.mark({"mark": "paused", "job_id": job_id, "paused": paused})
             self.emit({"event": "job_paused" if paused else "job_resumed", "level": "info",
-                       "job_id": job_id, "file": state.spec.file})
+                       "job_id": job_id, "file": state.spec.file,
+                       **({"via": via} if via == "cluster" else {})})
         return {"job_id": job_id, "paused": paused, "changed": was != paused,
                 "kept": self.state,
                 "next_run": state.next_fire.isoformat() if state.next_fire else None}
@@ -715,6 +732,10 @@ class Coordinator:
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
+
+
+def _later_or_same(one: str, other: str | None) -> bool:
+    return other is None or datetime.fromisoformat(one) >= datetime.fromisoformat(other)
 
 
 def _claimable(execution: Execution) -> bool:

@@ -134,6 +134,20 @@ STEPS: list[str] = [
         WHERE state = 'claimed';
     CREATE INDEX taskd_occurrences_group_running ON taskd_occurrences (concurrency_group)
         WHERE state = 'claimed' AND concurrency_group IS NOT NULL;
+    -- When each job's row last changed (its last run, its pause): what every node's
+    -- status follows (cluster/job_view.py).
+    ALTER TABLE taskd_jobs ADD COLUMN changed_at TIMESTAMPTZ NOT NULL DEFAULT now();
+    CREATE INDEX taskd_jobs_by_change ON taskd_jobs (changed_at);
+    CREATE FUNCTION taskd_jobs_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.changed_at := OLD.changed_at;
+        IF NEW IS DISTINCT FROM OLD THEN  -- an update that changes nothing leaves it
+            NEW.changed_at := now();
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER taskd_jobs_changed BEFORE UPDATE ON taskd_jobs
+        FOR EACH ROW EXECUTE FUNCTION taskd_jobs_changed();
     """,
 ]
 CURRENT = len(STEPS)
