@@ -160,3 +160,37 @@ def test_limits_are_the_claims_and_their_verdicts_reach_the_node(tmp_path):
         ("tick", "previous run still in progress")]
     assert queue.cancelled == [("run-1", "replaced")]
     assert not [e for e in lines if e["event"] == "queued"]  # no local group gate
+
+
+def test_drain_returns_once_a_claim_in_flight_has_come_back():
+    """A claim in flight when the daemon stops is the coordinator's before drain
+    returns (its runs are recorded shutdown through their finish, never node lost)."""
+    import threading
+
+    from supervisor.cluster.claims import ClaimBatch
+
+    a = agent()
+    a.node_id = "node-a"
+    a.set_capacity(busy=0, waiting=0)
+    sent, release = threading.Event(), threading.Event()
+    claim = Claim("job", datetime.now(UTC), "run-1", datetime.now(UTC))
+
+    class SlowClaims:
+        def claim_batch(self, offers, limit, **options):
+            sent.set()
+            release.wait(10)
+            return ClaimBatch([claim], [], [])
+
+    claimer = threading.Thread(target=a._claim, args=(SlowClaims(), 0.0, []))
+    claimer.start()
+    assert sent.wait(10)
+    drained = threading.Thread(target=a.drain)
+    drained.start()
+    drained.join(0.2)
+    assert drained.is_alive()  # still waiting for the claim's answer
+    release.set()
+    drained.join(10)
+    claimer.join(10)
+    assert not drained.is_alive()
+    assert [c.run_id for c in a.take().claims] == ["run-1"]
+    assert a._capacity() == 0  # and nothing more is claimed

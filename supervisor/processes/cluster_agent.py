@@ -86,6 +86,7 @@ class ClusterAgent:
         self._stopping = False
         self._draining = False  # the daemon is stopping: claim nothing more
         self._more_due = False  # the last claim took all it could: claim again when free
+        self._claiming = False  # a claim is in flight (drain waits for its answer)
         self._thread: threading.Thread | None = None
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
@@ -163,10 +164,13 @@ class ClusterAgent:
             self._free -= len(results.claims)
         return results
 
-    def drain(self) -> None:
-        """Claim nothing more (the daemon is stopping); finishes still go out."""
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """Claim nothing more (the daemon is stopping); finishes still go out. Returns
+        once a claim in flight has come back (its claims then wait in ``take``): every
+        claim is the coordinator's before it stops its workers."""
         with self._lock:
             self._draining = True
+            self._lock.wait_for(lambda: not self._claiming, timeout_s)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, leave the cluster, end the thread."""
@@ -319,6 +323,18 @@ class ClusterAgent:
             due, later = self._offers.due(now_db)
             capacity = self._capacity()
             limited = self._limited
+            self._claiming = capacity > 0
+        try:
+            return self._claim_now(claims, next_poll, finished, due, later, capacity,
+                                   limited, now_db)
+        finally:
+            with self._lock:
+                self._claiming = False
+                self._lock.notify_all()
+
+    def _claim_now(self, claims: Any, next_poll: float, finished: list[dict[str, Any]],
+                   due: list[Any], later: float | None, capacity: int, limited: bool,
+                   now_db: float) -> float:
         mono = self._monotonic()
         # With free workers: claim for new offers, when the last claim was full (more may
         # be due: a burst goes at the pace workers free up), and at each poll (others'

@@ -709,7 +709,9 @@ class Coordinator:
             limit = (kill_at if kill_at is not None else grace_ends) - mono
             # `taskd status` keeps answering during the grace period: what is still running?
             control = self.control.wait_objects() if self.control is not None else []
-            wait([*self._wait_objects(), *control], max(0.0, min(limit, 0.2)))
+            ready = wait([*self._wait_objects(), *control], max(0.0, min(limit, 0.2)))
+            if self.cluster is not None and self.cluster.wait_object() in ready:
+                self._cluster_step(ready)  # finishes the database took: logged now
             if self.control is not None:
                 self.control.service()
             self._read_signals()
