@@ -294,6 +294,36 @@ def test_status_is_cluster_wide_and_a_pause_holds_on_every_node(cluster_of):
     assert late == [] and cluster.records("tick")
 
 
+def test_a_node_that_loads_a_one_time_job_late_leaves_the_miss_to_the_database(
+        cluster_of):
+    """A node that starts after a one-time job's instant (past its grace) does not say
+    missed for the run a peer made; a one-time job nobody ran is said missed once."""
+    cluster = cluster_of(2, lease_s=2.0, args=("--misfire-grace", "1"))
+    first, late = cluster.nodes
+    instant = at(3)
+    first.write_job("once.json", schedule=instant.isoformat(), command="true")
+    first.start(wait_ready=False)
+    first.wait_event("cluster_joined")
+    first.wait_records("once", timeout=30)
+    # Late: more than the grace past the instant; a second one-time job whose instant
+    # passed before any node had it.
+    wait_until(lambda: datetime.now(UTC) > instant + timedelta(seconds=2), timeout=10)
+    never = at(-5).isoformat()
+    for node in cluster.nodes:
+        node.write_job("never.json", schedule=never, command="true")
+    late.write_job("once.json", schedule=instant.isoformat(), command="true")
+    late.start(wait_ready=False)
+    late.wait_event("cluster_joined")
+    wait_until(lambda: [e for node in cluster.nodes for e in node.events("missed")
+                        if e["job_id"] == "never"], timeout=30,
+               message="the never-run one-time job said missed")
+    for node in cluster.nodes:
+        node.stop()
+    missed = [e for node in cluster.nodes for e in node.events("missed")]
+    assert [e["job_id"] for e in missed] == ["never"], missed
+    assert [r["job_id"] for r in cluster.records()] == ["once"]
+
+
 def shared_history(url: str) -> list[dict]:
     import psycopg
 

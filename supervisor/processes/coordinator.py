@@ -404,9 +404,35 @@ class Coordinator:
         if event["event"] == "skipped":
             self.dispatcher.skipped(event)  # one line per streak of them
             return
+        if event["event"] == "missed" and self.cluster is not None:
+            event = self._offer_missed(event)
+            if event is None:
+                return
         self.emit(event)
         if event["event"] == "missed":
             self._account_skipped(event)
+
+    def _offer_missed(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """In a cluster, what this node missed a peer may have run: its occurrences are
+        offered past their deadline instead (a peer's claim stands; one nobody claimed
+        is expired, and said missed, by exactly one node). Beyond the first
+        ``MAX_MISSED_OFFERED``, the rest is said here; None if nothing is left to say."""
+        state = self.schedule.jobs.get(event["job_id"])
+        if state is None:
+            return event
+        at = datetime.fromisoformat(event["scheduled_for"])
+        last = datetime.fromisoformat(event.get("last", event["scheduled_for"]))
+        version = self._published.get(state.spec.job_id)
+        offered = 0
+        while at is not None and at <= last and offered < MAX_MISSED_OFFERED:
+            self.cluster.offer(state.spec.job_id, at,
+                               version.spec_hash if version is not None else None, 0.0)
+            offered += 1
+            at = state.spec.trigger.next_after(at)
+        left = int(event.get("count", 1)) - offered
+        if at is None or at > last or left <= 0:
+            return None
+        return {**event, "scheduled_for": at.isoformat(), "count": left}
 
     def _account_skipped(self, event: dict[str, Any]) -> None:
         if self.logger.storing:
@@ -734,6 +760,9 @@ class Coordinator:
         flushed = self.logger.close(timeout=LOGGER_FLUSH_S)
         self.emit({"event": "stopped", "level": "info" if flushed else "error",
                    "records_flushed": flushed, **self.counters})
+
+
+MAX_MISSED_OFFERED = 100  # per missed line: a long stall's misses are not all offered
 
 
 def _later_or_same(one: str, other: str | None) -> bool:
