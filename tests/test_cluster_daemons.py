@@ -262,7 +262,7 @@ def test_status_shows_the_nodes_and_a_job_whose_files_differ(cluster_of):
 def test_status_is_cluster_wide_and_a_pause_holds_on_every_node(cluster_of):
     """Either node's status shows the runs each node holds and each job's last run
     wherever it ran; a job paused on one node is paused on the other too."""
-    cluster = cluster_of(2, lease_s=2.0)
+    cluster = cluster_of(2, lease_s=2.0, args=("--grace-period", "0.5"))
     cluster.write_job("long.json", schedule=at(4).isoformat(), command="sleep 30")
     cluster.write_job("tick.json", command="true")
     cluster.start()
