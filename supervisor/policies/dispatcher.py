@@ -66,7 +66,7 @@ class Dispatcher:
         """Take a due occurrence. None if it was skipped (its group's queue is full)."""
         spec = occurrence.spec
         if not occurrence.manual and occurrence.attempt is None:
-            self._cancel_retries(spec.job_id, occurrence.scheduled_for)
+            self.cancel_retries(spec.job_id, occurrence.scheduled_for)
         for run_id in occurrence.replaces:
             self.stop(spec.job_id, run_id, "replaced", now)
         delay = (0.0 if occurrence.manual or occurrence.attempt is not None
@@ -145,7 +145,8 @@ class Dispatcher:
         self._forget_retry(job_id)
         self.offer(Occurrence(state.spec, scheduled_for, manual=manual, attempt=attempt), now)
 
-    def _cancel_retries(self, job_id: str, superseded_by: datetime) -> None:
+    def cancel_retries(self, job_id: str, superseded_by: datetime) -> None:
+        """The job's next scheduled occurrence came: a retry still waiting is dropped."""
         for _, scheduled_for, _, attempt in self.later.cancel(job_id, RETRY):
             self._forget_retry(job_id)
             self._retry_cancelled(job_id, scheduled_for, attempt, superseded_by)

@@ -442,7 +442,14 @@ class Coordinator:
                               "one_time": bool(state and state.spec.one_time)})
 
     def submit(self, occurrence: Occurrence) -> Execution | None:
-        """Hand a due occurrence to the dispatcher (policies, then a worker)."""
+        """Hand a due occurrence to the dispatcher (policies, then a worker); in a
+        cluster, a scheduled one without jitter straight to the cluster's offers (its
+        policies are the claims' and the claiming node's)."""
+        if (self.cluster is not None and not self._starting and not occurrence.manual
+                and occurrence.attempt is None and not occurrence.spec.policy.jitter_s):
+            self.dispatcher.cancel_retries(occurrence.spec.job_id, occurrence.scheduled_for)
+            self._offer_occurrence(occurrence.spec, occurrence.scheduled_for)
+            return None
         return self.dispatcher.offer(occurrence, self.clock.now())
 
     def _hand_out(self, execution: Execution) -> None:
@@ -470,13 +477,14 @@ class Coordinator:
     def _offer(self, execution: Execution) -> None:
         state = self.schedule.jobs.get(execution.job_id)
         self.schedule.run_dropped(execution.job_id, execution.run_id)  # runs where claimed
-        if state is None:
-            return
-        version = self._published.get(execution.job_id)
-        spec = state.spec
+        if state is not None:
+            self._offer_occurrence(state.spec, datetime.fromisoformat(execution.scheduled_for))
+
+    def _offer_occurrence(self, spec: Any, scheduled_for: datetime) -> None:
+        version = self._published.get(spec.job_id)
         # What came due while the database was away follows the job's catch_up: "all"
         # offers each (up to max_catch_up), else the latest; its deadline, the rest.
-        self.cluster.offer(execution.job_id, datetime.fromisoformat(execution.scheduled_for),
+        self.cluster.offer(spec.job_id, scheduled_for,
                            version.spec_hash if version is not None else None,
                            self.schedule.grace_s(spec),
                            keep=spec.max_catch_up if spec.catch_up == "all" else 1)
