@@ -194,3 +194,39 @@ def test_drain_returns_once_a_claim_in_flight_has_come_back():
     assert not drained.is_alive()
     assert [c.run_id for c in a.take().claims] == ["run-1"]
     assert a._capacity() == 0  # and nothing more is claimed
+
+
+def test_with_no_free_worker_the_agent_thread_sleeps():
+    """No free worker, nothing due: the thread waits (for a worker, an offer or its
+    heartbeat), never spins on the coordinator's GIL (it did, until the load ended)."""
+    import threading
+    import time
+
+    a = agent()
+    a.node_id = "node-a"
+    a.set_capacity(busy=2, waiting=0)  # both workers busy
+
+    class NoClaims:
+        calls = 0
+
+        def claim_batch(self, *args, **options):
+            NoClaims.calls += 1
+            raise AssertionError("nothing to claim with no free worker")
+
+    used: list[float] = []
+
+    def loop() -> None:  # the agent's loop, its database calls aside
+        start, next_poll = time.thread_time(), 0.0
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            next_poll = a._claim(NoClaims(), next_poll, [])
+            with a._lock:
+                wait = next_poll - time.monotonic()
+                if wait > 0 and not a._poke:
+                    a._lock.wait(min(wait, until - time.monotonic(), 1.0))
+        used.append(time.thread_time() - start)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join(10)
+    assert NoClaims.calls == 0 and used and used[0] < 0.05, used

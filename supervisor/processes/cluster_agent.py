@@ -342,6 +342,8 @@ class ClusterAgent:
         if not due and (capacity <= 0 or (mono < next_poll and not self._more_due)):
             if finished:
                 self._finish(claims, finished)
+            if capacity <= 0:  # nothing to poll for until a worker is free (set_capacity
+                next_poll = max(next_poll, mono + CLAIM_POLL_S)  # wakes the thread)
             if later is not None:  # wake when the first of them is due
                 return min(next_poll, mono + max(0.0, later - now_db))
             return next_poll
