@@ -15,7 +15,7 @@ import pytest
 
 from supervisor.store.abc import HistoryQuery, StoreError, StoreTooNew
 from tests.postgres_server import PostgresServer
-from tests.test_store_contract import record
+from tests.test_store_contract import T0, dispatched, iso, record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_a_failing_step_leaves_the_store_at_the_last_complete_version(
 
 
 def test_read_only_reads_and_never_creates(postgres_server, postgres_url):
-    from supervisor.store.postgres import PostgresStore
+    from supervisor.store.postgres import PostgresStore, StoreUnreachable
 
     with pytest.raises(StoreError, match="not a taskd state store"):
         PostgresStore(postgres_url, read_only=True)
@@ -153,8 +153,10 @@ def test_read_only_reads_and_never_creates(postgres_server, postgres_url):
     reader = PostgresStore(postgres_url, read_only=True)
     try:
         assert [r["run_id"] for r in reader.history(HistoryQuery())] == ["a-0"]
-        with pytest.raises(StoreError, match="read-only transaction"):
+        with pytest.raises(StoreError, match="read-only transaction") as refused:
             reader.apply([{"record": record("a", 60)}])
+        # About the data, not the connection: the logger gives up instead of retrying.
+        assert not isinstance(refused.value, StoreUnreachable)
     finally:
         reader.close()
 
@@ -199,7 +201,7 @@ def test_an_error_text_with_nul_is_stored(postgres_url):
 
 def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
         postgres_server, postgres_url):
-    from supervisor.store.postgres import PostgresStore
+    from supervisor.store.postgres import PostgresStore, StoreUnreachable
 
     store = PostgresStore(postgres_url)
     try:
@@ -207,7 +209,7 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
         postgres_server.execute("postgres", (
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND application_name = 'taskd'"), (dbname(postgres_url),))
-        with pytest.raises(StoreError, match=r"terminat|closed|lost"):
+        with pytest.raises(StoreUnreachable, match=r"terminat|closed|lost"):
             store.apply([{"record": record("a", 60)}])
         store.apply([{"record": record("a", 60)}, {"record": record("a", 0)}])  # a replay
         assert [r["run_id"] for r in store.history(HistoryQuery())] == ["a-60", "a-0"]
@@ -216,7 +218,7 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(
 
 
 def test_a_hung_stopped_or_restarted_server(postgres_server, postgres_url):
-    from supervisor.store.postgres import PostgresStore
+    from supervisor.store.postgres import PostgresStore, StoreUnreachable
 
     store = PostgresStore(postgres_url)
     try:
@@ -224,7 +226,7 @@ def test_a_hung_stopped_or_restarted_server(postgres_server, postgres_url):
         postgres_server.pause()  # accepts at the socket, never answers: the connect timeout
         try:
             began = time.monotonic()
-            with pytest.raises(StoreError, match="timeout"):
+            with pytest.raises(StoreUnreachable, match="timeout"):
                 PostgresStore(postgres_server.url(dbname(postgres_url), connect_timeout="1"))
             assert time.monotonic() - began < 10
         finally:
@@ -232,11 +234,11 @@ def test_a_hung_stopped_or_restarted_server(postgres_server, postgres_url):
         postgres_server.kill()  # -m immediate: every backend goes at once, as in a crash
         try:
             began = time.monotonic()
-            with pytest.raises(StoreError, match="server closed the connection"):
+            with pytest.raises(StoreUnreachable, match="server closed the connection"):
                 store.apply([{"record": record("a", 60)}])
-            with pytest.raises(StoreError, match="No such file"):  # its socket is gone
+            with pytest.raises(StoreUnreachable, match="No such file"):  # its socket is gone
                 store.history(HistoryQuery())
-            with pytest.raises(StoreError, match="No such file"):
+            with pytest.raises(StoreUnreachable, match="No such file"):
                 PostgresStore(postgres_url)
             assert time.monotonic() - began < 10
         finally:
@@ -244,5 +246,113 @@ def test_a_hung_stopped_or_restarted_server(postgres_server, postgres_url):
         # Back up: the same store reconnects; what failed was not applied, and comes again.
         store.apply([{"record": record("a", 60)}])
         assert [r["run_id"] for r in store.history(HistoryQuery())] == ["a-60", "a-0"]
+    finally:
+        store.close()
+
+
+# -- a batch: one round trip, and safe to send again ----------------------------------
+
+
+def every_kind_of_item() -> tuple[list[dict], list[dict]]:
+    """Two batches that hold every kind of item (store/abc.py), the second after the
+    first: runs handed out and finished, a hook, misses, catch-up, pause, retries."""
+    first = [
+        {"mark": "known", "job_ids": ["a", "b"], "at": T0.timestamp()},
+        dispatched("a", 0, "a-0", one_time=True),
+        dispatched("b", 0, "b-manual", manual=True),
+        {"record": record("a", 0, run_id="a-0")},
+        {"record": record("a", 1, run_id="a-0-hook", hook="on_success")},
+        {"mark": "missed", "job_id": "c", "scheduled_for": iso(30), "one_time": True},
+        {"mark": "alive", "at": T0.timestamp() + 1},
+        {"mark": "paused", "job_id": "b", "paused": True},
+        {"mark": "retry", "job_id": "a", "scheduled_for": iso(0), "attempt": 2,
+         "due_at": T0.timestamp() + 5, "manual": False},
+    ]
+    second = [
+        {"mark": "retry_done", "job_id": "a"},
+        dispatched("a", 60, "a-60"),
+        {"record": record("a", 60, "FAILURE", run_id="a-60")},
+        {"mark": "retry", "job_id": "a", "scheduled_for": iso(60), "attempt": 2,
+         "due_at": T0.timestamp() + 65, "manual": False},
+        {"mark": "known", "job_ids": ["a", "d"], "at": T0.timestamp() + 60},
+        {"mark": "alive", "at": T0.timestamp() + 61},
+        {"mark": "paused", "job_id": "b", "paused": False},
+        {"record": record("b", 62, run_id="b-manual", manual=True)},
+        dispatched("d", 70, "d-70"),  # still running
+    ]
+    return first, second
+
+
+def contents(server: PostgresServer, url: str) -> dict[str, list[tuple]]:
+    """Every row of the store's tables, without the columns that say when or in which
+    order rows were written (an execution's identity, which a conflicting insert
+    advances; a job's ``changed_at``)."""
+    db = dbname(url)
+    return {table: server.execute(db, f"SELECT {columns} FROM {table} ORDER BY 1, 2")
+            for table, columns in (
+                ("taskd_executions", "run_id, job_id, started, status, record"),
+                ("taskd_jobs", "job_id, known_since, last_scheduled, last_started, "
+                               "last_status, last_error, last_success, last_failure, "
+                               "records, paused"),
+                ("taskd_one_time_done", "*"), ("taskd_unfinished", "*"),
+                ("taskd_pending_retries", "*"), ("taskd_daemon", "*"))}
+
+
+def test_a_batch_sent_again_changes_nothing(postgres_server, postgres_url):
+    from supervisor.store.postgres import PostgresStore
+
+    # A commit whose answer was lost is sent again by the logger's writer, alone or at
+    # the head of a longer batch; either way the store ends as if it came once.
+    first, second = every_kind_of_item()
+    once = postgres_server.url(postgres_server.create_database())
+    replayed = PostgresStore(postgres_url)
+    reference = PostgresStore(once)
+    try:
+        reference.apply(first)
+        reference.apply(second)
+        replayed.apply(first)
+        replayed.apply(first)
+        replayed.apply([*first, *second])
+        changed = postgres_server.execute(dbname(postgres_url), (
+            "SELECT job_id, changed_at FROM taskd_jobs ORDER BY 1"))
+        replayed.apply(second)
+        # ... and a replay that changes nothing is not a change the nodes' status sees.
+        assert postgres_server.execute(dbname(postgres_url), (
+            "SELECT job_id, changed_at FROM taskd_jobs ORDER BY 1")) == changed
+        expected = contents(postgres_server, once)
+        assert contents(postgres_server, postgres_url) == expected
+        assert [row[0] for row in expected["taskd_executions"]] == [
+            "a-0", "a-0-hook", "a-60", "b-manual"]
+        assert [row[0] for row in expected["taskd_unfinished"]] == ["d-70"]
+        assert {row[0]: row[-2] for row in expected["taskd_jobs"]} == {
+            "a": 3, "b": 1, "c": 0, "d": 0}  # each record counted once
+    finally:
+        replayed.close()
+        reference.close()
+        postgres_server.drop_database(dbname(once))
+
+
+def test_a_batch_is_one_round_trip_and_one_transaction(postgres_url):
+    from supervisor.store.postgres import PostgresStore
+    from tests.cluster_harness import MESSAGE, protocol_trace, round_trips
+
+    store = PostgresStore(postgres_url)
+    try:
+        first, second = every_kind_of_item()
+        store.apply(first)  # the connection is open: the trace sees only the batch
+        with protocol_trace(store) as trace:
+            store.apply(second)
+        assert round_trips(trace) == 1, "\n".join(trace)
+        sent = [m.group(2) for m in map(MESSAGE.match, trace) if m and m.group(1) == "F"]
+        assert sent.count("Sync") == 1 and "Execute" not in sent[sent.index("Sync"):], sent
+        assert "BEGIN" not in "\n".join(trace)
+        # All or nothing: a batch whose last statement fails leaves nothing of it.
+        broken = [{"record": record("e", 0)}, {"mark": "retry", "job_id": "e",
+                  "scheduled_for": iso(0), "attempt": "not a number", "due_at": 0.0}]
+        with pytest.raises(StoreError, match="invalid input syntax"):
+            store.apply(broken)
+        assert [r["run_id"] for r in store.history(HistoryQuery(job_id="e"))] == []
+        store.apply([{"record": record("e", 0)}])  # and the connection goes on
+        assert [r["run_id"] for r in store.history(HistoryQuery(job_id="e"))] == ["e-0"]
     finally:
         store.close()

@@ -11,13 +11,20 @@ a record's line is written it goes into the store in batched transactions, toget
 the coordinator's *marks* (runs handed out, occurrences missed; see store/abc.py). The
 link then keeps each entry until it is stored, not only written, and a replacement
 logger is sent the written-but-unstored ones again with ``store_only`` (stored, not
-logged twice).
+logged twice). A PostgreSQL store is written from a thread of the logger's own
+(store/writer.py), so the log never waits for the database: while it is unreachable the
+entries wait there and "stored" is held back, the lines go on, and the writer says so
+once each way (``state_store_unavailable``, ``state_store_reconnected``, on stderr from
+here). An SQLite file is written between records, as it always was.
 
 Protocol on the pipe: coordinator -> logger ``{"seq": n, "record": {...}}`` (with
 ``"store_only": true`` on a resend), ``{"seq": n, "marks": [...]}`` or ``{"stop": true}``;
-logger -> coordinator ``{"ack": n}``: "record n is written", ``{"stored": n}``: "every
-entry up to n is stored" (without a store, every ack is both), and once, if the store
-fails, ``{"store_failed": "<file>: <problem>"}``.
+logger -> coordinator ``{"ack": n}``: "entry n arrived and its record's line is
+written", ``{"stored": n}``: "every entry up to n is stored" (without a store, every ack
+is both), and once, if the store fails for good, ``{"store_failed": "<file>: <problem>"}``
+before the first "stored" of the entries it dropped. The link sends at most
+``max_in_flight_bytes`` of entries not yet acknowledged: acks come whether or not the
+store keeps up, so a store that is away never holds back the log.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from supervisor.processes.channel import Channel, receive_message, send_message
 from workers.child_process import become_child_process
 
 if TYPE_CHECKING:
-    from supervisor.store.writer import Retention
+    from supervisor.store.writer import Outage, Retention, StoreWriter
 
 _TAIL_PROBE = 64 * 1024  # how far back to look for a torn last line
 # A logger that dies this many times within the window is restarted only after a pause.
@@ -153,7 +160,8 @@ class _Termination:
 
 
 def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
-                store: tuple[str, Retention] | None = None) -> None:
+                store: tuple[str, Retention] | None = None,
+                outage: Outage | None = None) -> None:
     """The logger process: write each record received, acknowledge it, store it."""
     become_child_process(coordinator_pid)
     termination = _Termination()
@@ -163,40 +171,30 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
         _fail(error, log_file)
     writer = None
     if store is not None:
-        from supervisor.store.writer import StoreWriter  # sqlite3: only with a state dir
+        from supervisor.control.diagnostics import Diagnostics
+        from supervisor.store.writer import Outage, StoreWriter  # sqlite3: with a store only
 
-        writer = StoreWriter(*store)
-    stored_up_to = 0  # the last seq whose items are in the store (or need not be)
-    told_failure = False
-
-    def with_failure(reply: dict[str, Any]) -> dict[str, Any]:
-        # The failure travels with (before) the first "stored" it explains: the link
-        # must know those entries were dropped, not stored.
-        nonlocal told_failure
-        if writer is not None and writer.failed and not told_failure:
-            reply = {"store_failed": writer.failed, **reply}
-            told_failure = True
-        return reply
-
+        # The writer's outage diagnostics go to stderr from here, as logger_error does.
+        writer = StoreWriter(*store, outage=outage or Outage(), on_event=Diagnostics().emit)
+    acks = _StoreAcks(writer)
     while True:
-        if writer is not None and writer.pending:
-            # A burst arrives one record per coordinator step, with the pipe empty in
-            # between: wait a moment for more before committing, so a burst is a few
-            # transactions, not one per record. The lines are written already.
-            if not conn.poll(max(0.0, COMMIT_DELAY_S - writer.pending_for())):
-                writer.commit()
-                if not _send(conn, with_failure({"stored": stored_up_to})):
-                    break
-        if writer is not None and not writer.pending and not conn.poll(0):
-            # Idle: prune a little.
-            while writer.prune_due() and writer.prune_chunk() and not conn.poll(0):
-                pass
-            if writer.failed and not told_failure and not _send(conn, with_failure({})):
+        if writer is not None:
+            writer.take_news()
+            if not _send_news(conn, acks.reply({})):
                 break
+            # A burst arrives one record per coordinator step, with the pipe empty in
+            # between: let the oldest wait a moment for more before sealing the batch,
+            # so a burst is a few transactions, not one per record.
+            if writer.pending and writer.pending_for() >= COMMIT_DELAY_S and not conn.poll(0):
+                writer.commit()
+                continue  # (inline, that took a while: news, and perhaps more to read)
+            writer.idle(busy=lambda: conn.poll(0))
         termination.waiting = True
         try:
             if termination.requested:
                 break
+            if writer is not None and not _readable(conn, writer):
+                continue  # the writer has news, or the batch's wait is over
             message = receive_message(conn)
         except (EOFError, OSError):
             break  # the coordinator is gone or closed the link
@@ -211,29 +209,65 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
                 logger.info(record)
             except OSError as error:
                 _fail(error, log_file)  # without the ack: the next logger writes it again
-        # One ack per record, right after its write: a logger killed now repeats at most
-        # this one record. Batching acks would widen that window, and a logger holding
-        # unacknowledged records while blocked on a half-sent frame would stall the
-        # link: the coordinator only pushes the rest of a frame when an ack wakes it.
-        reply: dict[str, Any] = {}
-        if record is not None:
-            reply["ack"] = seq
-        if writer is None or writer.failed:
+        # One ack per entry, right after its line's write (marks: on arrival): a logger
+        # killed now repeats at most this one record. Batching acks would widen that
+        # window, and a logger holding unacknowledged entries while blocked on a
+        # half-sent frame would stall the link: the coordinator only pushes the rest of
+        # a frame when an ack wakes it.
+        reply: dict[str, Any] = {"ack": seq}
+        if writer is None:
             reply["stored"] = seq
         else:
             items = message.get("marks") or []
-            full = writer.add([*items, {"record": record}] if record is not None else items)
-            stored_up_to = seq
-            if full:
-                writer.commit()
-                reply["stored"] = seq
-        if reply and not _send(conn, with_failure(reply)):
+            writer.add(seq, [*items, {"record": record}] if record is not None else items)
+            acks.received = seq
+            reply = acks.reply(reply)
+        if not _send(conn, reply):
             break
     if writer is not None:
-        if writer.pending:
-            writer.commit()
-            _send(conn, with_failure({"stored": stored_up_to}))
-        writer.close()
+        writer.close()  # commits what waits, unless the database does not answer
+        _send_news(conn, acks.reply({}))
+
+
+class _StoreAcks:
+    """What the logger tells the link of the store: "stored" up to which entry, and
+    once, with (so before) the first "stored" it explains, that the store failed: the
+    link must know those entries were dropped, not stored."""
+
+    def __init__(self, writer: StoreWriter | None) -> None:
+        self.writer = writer
+        self.received = 0  # the last seq received
+        self._said = 0  # the last "stored" sent
+        self._told_failure = False
+
+    def reply(self, reply: dict[str, Any]) -> dict[str, Any]:
+        if self.writer is None:
+            return reply
+        stored = self.writer.stored_up_to
+        if self.writer.failed is not None:
+            stored = self.received  # dropped: the log has them
+            if not self._told_failure:
+                reply = {"store_failed": self.writer.failed, **reply}
+                self._told_failure = True
+        if stored > self._said:
+            reply["stored"] = self._said = stored
+        return reply
+
+
+def _readable(conn: Connection, writer: StoreWriter) -> bool:
+    """Wait for a message, the writer's news, or the end of the batch's wait; True if a
+    message is there. While the writer has no room, wait for it alone."""
+    if not writer.has_room():
+        wait([writer])  # the database answers, but slower than records come
+        return False
+    if conn.poll(0):
+        return True  # the usual case in a burst: no selector to build
+    timeout = max(0.0, COMMIT_DELAY_S - writer.pending_for()) if writer.pending else None
+    return conn in wait([conn, writer], timeout)
+
+
+def _send_news(conn: Connection, reply: dict[str, Any]) -> bool:
+    return not reply or _send(conn, reply)
 
 
 def _send(conn: Connection, message: dict[str, Any]) -> bool:
@@ -290,6 +324,7 @@ class LoggerLink:
         on_restart: Callable[[int, int | None], None] | None = None,
         store: tuple[str, Retention] | None = None,
         on_store_failed: Callable[[str], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._context = context
         self._log_file = log_file
@@ -298,17 +333,20 @@ class LoggerLink:
         self._on_restart = on_restart
         self._store = store
         self._on_store_failed = on_store_failed
+        self._outage = outage  # how the writer rides out an outage (None: its defaults)
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: Channel | None = None
         self._exit_poll = select.poll()  # the current logger's sentinel (see start)
         self._next_seq = 1
         # Entries not yet stored (without a store: not yet written), oldest first; the
-        # first _in_flight of them have been handed to the current channel.
+        # first _in_flight of them have been handed to the current channel, and the
+        # first _acked of those acknowledged by the current logger (whose size is no
+        # longer counted in _in_flight_bytes).
         self._records: deque[_Entry] = deque()
         self._in_flight = 0
+        self._acked = 0
         self._in_flight_bytes = 0
         self._unwritten = 0  # records among them whose line is not written yet
-        self._written_prefix = 0  # how many of the first entries are written
         self._marks: list[dict[str, Any]] = []  # for the store, not yet in an entry
         self._deaths: deque[float] = deque(maxlen=FLAP_DEATHS)
         self._restart_at: float | None = None
@@ -339,7 +377,8 @@ class LoggerLink:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         process = self._context.Process(
             target=logger_main,
-            args=(child_end, self._coordinator_pid, self._log_file, self._store),
+            args=(child_end, self._coordinator_pid, self._log_file, self._store,
+                  self._outage),
             name="taskd-logger",
             daemon=True,
         )
@@ -355,7 +394,7 @@ class LoggerLink:
         # Asking process.exitcode builds a selector each time; the loop asks every step.
         self._exit_poll = select.poll()
         self._exit_poll.register(process.sentinel, select.POLLIN)
-        self._in_flight = 0
+        self._in_flight = self._acked = 0
         self._in_flight_bytes = 0
         self.pump()
 
@@ -470,9 +509,9 @@ class LoggerLink:
         for message in self._channel.receive():
             if not isinstance(message, dict):
                 continue
-            written = message.get("ack")
-            if isinstance(written, int):
-                self._written_up_to(written)
+            acked = message.get("ack")
+            if isinstance(acked, int):
+                self._acked_up_to(acked)
             failure = message.get("store_failed")
             if isinstance(failure, str) and self._store is not None:
                 self._store = None  # in memory from now on; replacement loggers too
@@ -483,23 +522,27 @@ class LoggerLink:
             if isinstance(stored, int):
                 self._stored_up_to(stored)
 
-    def _written_up_to(self, seq: int) -> None:
-        # Lines are written in order: the written entries are a prefix of the sent ones.
-        index = self._written_prefix
+    def _acked_up_to(self, seq: int) -> None:
+        # Entries are handled in order: the acknowledged ones are a prefix of the sent
+        # ones, and an acknowledged record's line is written.
+        index = self._acked
         while index < self._in_flight and self._records[index].seq <= seq:
             entry = self._records[index]
+            self._in_flight_bytes -= entry.size
             if not entry.written:
                 entry.written = True
                 self._unwritten -= 1
             index += 1
-        self._written_prefix = index
+        self._acked = index
 
     def _stored_up_to(self, seq: int) -> None:
         while self._in_flight and self._records[0].seq <= seq:
             entry = self._records.popleft()
-            self._written_prefix = max(0, self._written_prefix - 1)
             self._in_flight -= 1
-            self._in_flight_bytes -= entry.size
+            if self._acked:
+                self._acked -= 1
+            else:
+                self._in_flight_bytes -= entry.size
             if not entry.written:  # stored implies written (a record's line comes first)
                 self._unwritten -= 1
 

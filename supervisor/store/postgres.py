@@ -5,14 +5,22 @@ both). This is the only module that imports psycopg at run time, and only cluste
 imports it.
 
 - ``apply``: the items are first turned into statements (a malformed item fails before
-  anything is sent), then sent in one transaction through psycopg's pipeline mode, so a
-  batch costs about one round trip, not one per statement. Each record is a single
-  statement (insert-or-ignore, its ``unfinished`` row deleted, its job updated only if
-  it was new), so nothing waits on a result before sending the next.
-- Connections: ``connect_timeout`` and TCP keepalives default to bounded values unless
-  the URL sets them, so a dead or unreachable server is a StoreError, not a hang. A
-  connection that broke is dropped and the next call opens a new one (what failed was
-  not applied; a replayed record is stored once).
+  anything is sent), then sent through psycopg's pipeline mode with no BEGIN/COMMIT
+  (``batch``): PostgreSQL runs them as one implicit transaction that ends at the one
+  Sync, so a batch is one round trip, all or nothing. Each record is a single statement
+  (insert-or-ignore, its ``unfinished`` row deleted, its job updated only if it was
+  new), so nothing waits on a result before sending the next.
+- Replays: every statement is idempotent (records ``ON CONFLICT (run_id) DO NOTHING``
+  and their job counted only when new; marks are upserts that set the same values, a
+  ``greatest``/``coalesce`` that a second time changes nothing, or deletes), so a batch
+  that committed but whose answer was lost can be applied again without duplicates.
+- Connections: ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` default to
+  bounded values unless the URL sets them, so a dead or unreachable server is a
+  StoreError, not a hang. A connection-level failure (psycopg's ``OperationalError``:
+  the server restarting or unreachable, the backend terminated, a timeout) is
+  ``StoreUnreachable``, which the logger's writer rides out; the connection is dropped
+  and the next call opens a new one (what failed was not applied, or is replayed
+  harmlessly).
 - ``location``, named in every message, is the URL without its password, and the
   password is scrubbed from any message a driver error carries.
 """
@@ -24,7 +32,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -53,8 +61,16 @@ CONNECT_DEFAULTS = {
     "keepalives_idle": ("10", None),
     "keepalives_interval": ("5", None),
     "keepalives_count": ("3", None),
+    # Sent bytes unacknowledged this long (ms) break the connection: keepalives only
+    # watch an idle one, and the kernel's own retries on a dead network take ~15 min.
+    "tcp_user_timeout": ("30000", None),
     "application_name": ("taskd", "PGAPPNAME"),
 }
+
+
+class StoreUnreachable(StoreError):
+    """The database did not answer or dropped the connection: worth trying again later
+    (a failure that says something about the data or the schema is a plain StoreError)."""
 
 
 class PostgresStore(StateStore):
@@ -120,13 +136,32 @@ class PostgresStore(StateStore):
 
     def apply(self, items: Sequence[dict[str, Any]]) -> None:
         statements = [statement for item in items for statement in _statements(item)]
+        with self.batch() as db:
+            cursor = db.cursor()
+            for sql, params in statements:
+                cursor.execute(sql, params)
+
+    @contextmanager
+    def batch(self) -> Iterator[psycopg.Connection]:
+        """Statements executed in the block go in one round trip, one transaction: an
+        implicit one (no BEGIN/COMMIT in autocommit mode), ended by the pipeline's Sync.
+
+        Results are read after the block. If the block raises, the connection is
+        dropped, so that the Sync that would commit what it queued is never sent.
+        """
         with self._errors():
             db = self._connection()
-            pipeline = db.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
-            with pipeline, db.transaction():
-                cursor = db.cursor()
-                for sql, params in statements:
-                    cursor.execute(sql, params)
+            if not psycopg.Pipeline.is_supported():  # libpq < 14: several round trips
+                with db.transaction():
+                    yield db
+                return
+            with db.pipeline():
+                try:
+                    yield db
+                except BaseException:
+                    self._conn = None
+                    db.close()
+                    raise
 
     def prune(self, *, now: float, max_age_s: float, per_job: int, budget: int) -> int:
         deleted = 0
@@ -186,13 +221,15 @@ class PostgresStore(StateStore):
         try:
             yield
         except psycopg.Error as error:
-            if self._conn is not None and self._conn.broken:
+            unreachable = isinstance(error, psycopg.OperationalError)
+            if self._conn is not None and (unreachable or self._conn.broken):
                 self._conn.close()  # the next call reconnects
                 self._conn = None
             reason = " ".join(str(error).split()) or type(error).__name__
             for secret in self._secrets:
                 reason = reason.replace(secret, "***")
-            raise StoreError(f"{self.location}: {reason}") from None
+            kind = StoreUnreachable if unreachable else StoreError
+            raise kind(f"{self.location}: {reason}") from None
 
 
 # -- items into statements -----------------------------------------------------------
