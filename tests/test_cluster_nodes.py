@@ -201,3 +201,24 @@ def test_conflicts_are_jobs_whose_version_differs_between_live_nodes(cluster):
     wait_for(lambda: silent_past_lease(dying, a), "silence past lease")
     a.nodes.reap(a.id)  # a dead node's versions are no longer anyone's
     assert a.specs.conflicts() == [{"job_id": "edited", "hashes": {a.id: "v1", b.id: "v2"}}]
+
+
+def test_equal_sets_of_versions_skip_the_conflict_view(cluster):
+    """Each node's set of versions has a digest, kept up to date by each publish: when
+    every live node's is the same, nothing can conflict and the costly view is not read."""
+    jobs = {f"job-{i}": "v1" for i in range(20)}
+    a, b = Node(cluster(), []), Node(cluster(), [])
+    a.specs.publish(a.id, jobs)
+    b.specs.publish(b.id, {**jobs, "job-3": "v2"})
+    assert [c["job_id"] for c in a.specs.conflicts()] == ["job-3"]
+    b.specs.publish(b.id, jobs)  # edited back: the same set again
+    digests = rows(a.db, "SELECT DISTINCT jobs_digest FROM taskd_nodes")
+    assert len(digests) == 1 and digests[0][0] is not None
+    fresh = Node(cluster(), [])  # a digest made from scratch is the one kept by edits
+    fresh.specs.publish(fresh.id, jobs)
+    assert rows(a.db, "SELECT count(DISTINCT jobs_digest) FROM taskd_nodes") == [(1,)]
+    with protocol_trace(a.db) as trace:
+        assert a.specs.conflicts() == []
+    assert not any("taskd_node_jobs" in line for line in trace)  # the view was not read
+    b.specs.publish(b.id, {k: v for k, v in jobs.items() if k != "job-0"})  # one fewer
+    assert a.specs.conflicts() == []  # sets differ, versions do not: read, nothing found

@@ -134,6 +134,7 @@ STEPS: list[str] = [
         WHERE state = 'claimed';
     CREATE INDEX taskd_occurrences_group_running ON taskd_occurrences (concurrency_group)
         WHERE state = 'claimed' AND concurrency_group IS NOT NULL;
+    ALTER TABLE taskd_nodes ADD COLUMN jobs_digest BIGINT;  -- of its set of job versions
     -- When each job's row last changed (its last run, its pause): what every node's
     -- status follows (cluster/job_view.py).
     ALTER TABLE taskd_jobs ADD COLUMN changed_at TIMESTAMPTZ NOT NULL DEFAULT now();
