@@ -5,13 +5,13 @@ schema upgrade under the advisory lock, and error mapping: a driver error is a
 ``StoreError`` naming the database without its password, and a broken connection is
 dropped so the next call opens a new one), plus two ways to send statements:
 
-- ``batch()``: statements queued through psycopg's pipeline mode with no BEGIN/COMMIT,
-  so PostgreSQL runs them as one *implicit* transaction that ends at the single Sync the
-  pipeline sends on exit: one round trip, all or nothing (an error rolls back what ran
-  and skips the rest), and never an open transaction left behind. Results are read
-  after the block, from the cursors the statements were executed on. Build every
-  parameter before the block: if the block raises, the connection is dropped so that
-  nothing it queued commits.
+- ``batch()`` (the store's own): statements queued through psycopg's pipeline mode with
+  no BEGIN/COMMIT, so PostgreSQL runs them as one *implicit* transaction that ends at the
+  single Sync the pipeline sends on exit: one round trip, all or nothing (an error rolls
+  back what ran and skips the rest), and never an open transaction left behind. Results
+  are read after the block, from the cursors the statements were executed on. Build
+  every parameter before the block: if the block raises, the connection is dropped so
+  that nothing it queued commits.
 - ``transaction()``: an explicit transaction, for work that needs a result before it
   can send the next statement (several round trips; rare work only).
 
@@ -33,26 +33,6 @@ class ClusterDatabase(PostgresStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-
-    @contextmanager
-    def batch(self) -> Iterator[psycopg.Connection]:
-        """Statements executed in the block go in one round trip, one transaction."""
-        with self._errors():
-            db = self._connection()
-            if not psycopg.Pipeline.is_supported():  # libpq < 14: several round trips
-                with db.transaction():
-                    yield db
-                return
-            with db.pipeline():
-                try:
-                    yield db
-                except BaseException:
-                    # The pipeline's exit sends the Sync that would commit what was
-                    # queued so far: drop the connection instead, and the server rolls
-                    # all of it back.
-                    self._conn = None
-                    db.close()
-                    raise
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

@@ -113,7 +113,7 @@ def run_daemon(options: DaemonOptions) -> int:
 
     def on_store_failed(message: str) -> None:
         coordinator.state = "memory"
-        diagnostics.emit(_store_unusable(message, store[0] if store else ""))
+        diagnostics.emit(_store_unusable(message, state if store else ""))  # no password
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
