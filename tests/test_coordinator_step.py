@@ -107,7 +107,7 @@ class FakeLogger:
         self.marks: list = []  # with storing: what the store would be told, in order
         self.items: list = []  # marks and records, in the order the store gets them
 
-    def submit(self, record) -> None:
+    def submit(self, record, stored=False) -> None:
         self.submitted.append(record)
         self.items.append({"record": record})
 

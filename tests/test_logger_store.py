@@ -61,6 +61,23 @@ def test_marks_and_records_reach_the_store_in_order(tmp_path):
     assert failures == []
 
 
+def test_a_record_already_stored_is_written_to_the_log_only(tmp_path):
+    """A cluster's claimed run is in the shared store with its claim's finish: its line
+    is written, and the store is not given it a second time."""
+    link, store, failures = make_store_link(tmp_path)
+    try:
+        claimed, own = make_record(1), make_record(2)
+        link.submit(claimed, stored=True)
+        link.submit(own)
+        drive(link, lambda: not link._records)
+    finally:
+        assert link.close(10.0)
+    assert [r["run_id"] for r in read_log(tmp_path / "executions.log")] == [
+        claimed["run_id"], own["run_id"]]
+    assert stored_run_ids(store) == [own["run_id"]]
+    assert failures == []
+
+
 def test_sigkill_of_the_logger_mid_batch_loses_nothing_from_the_store(tmp_path):
     link, store, failures = make_store_link(tmp_path, max_in_flight_bytes=64 * 1024)
     records: list[dict] = []

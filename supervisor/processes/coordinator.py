@@ -501,8 +501,8 @@ class Coordinator:
                     self._stop_run(run_id, "node lost")
             for record, kept in results.finished:
                 self._finishing.pop(record["run_id"], None)
-                if kept:
-                    self._collect([record])
+                if kept:  # in the shared store: the logger writes its line only
+                    self._collect([record], stored=True)
                 else:
                     self._disown(record)
             for claim in results.claims:
@@ -525,7 +525,7 @@ class Coordinator:
                 self.emit({"event": "node_lost", "level": "warning", "node": lost.node_id,
                            "job_id": lost.job_id, "run_id": lost.run_id,
                            "scheduled_for": lost.scheduled_for.isoformat()})
-                self._collect([lost.record])
+                self._collect([lost.record], stored=True)  # stored by the reaping
             for job_id, scheduled_for in results.missed:
                 state = self.schedule.jobs.get(job_id)
                 self.emit({"event": "missed", "level": "warning", "job_id": job_id,
@@ -583,7 +583,7 @@ class Coordinator:
         cancel = getattr(self.queue, "cancel", None)
         return bool(cancel and cancel(run_id, error))
 
-    def _collect(self, records: list[dict[str, Any]]) -> None:
+    def _collect(self, records: list[dict[str, Any]], *, stored: bool = False) -> None:
         now = self.clock.now()
         for record in records:
             if record["run_id"] in self._disowned:
@@ -604,7 +604,7 @@ class Coordinator:
                 self.metrics.record_execution(record)
             self.counters["executions"] += 1
             self.counters["success" if record["status"] == "SUCCESS" else "failure"] += 1
-            self.logger.submit(record)
+            self.logger.submit(record, stored=stored)
             self.dispatcher.finished(record, previous_status, now)
 
     def emit(self, event: dict[str, Any]) -> None:

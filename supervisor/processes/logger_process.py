@@ -18,7 +18,8 @@ once each way (``state_store_unavailable``, ``state_store_reconnected``, on stde
 here). An SQLite file is written between records, as it always was.
 
 Protocol on the pipe: coordinator -> logger ``{"seq": n, "record": {...}}`` (with
-``"store_only": true`` on a resend), ``{"seq": n, "marks": [...]}`` or ``{"stop": true}``;
+``"store_only": true`` on a resend; ``"log_only": true`` for a record already in the
+store), ``{"seq": n, "marks": [...]}`` or ``{"stop": true}``;
 logger -> coordinator ``{"ack": n}``: "entry n arrived and its record's line is
 written", ``{"stored": n}``: "every entry up to n is stored" (without a store, every ack
 is both), and once, if the store fails for good, ``{"store_failed": "<file>: <problem>"}``
@@ -219,7 +220,9 @@ def logger_main(conn: Connection, coordinator_pid: int, log_file: str | None,
             reply["stored"] = seq
         else:
             items = message.get("marks") or []
-            writer.add(seq, [*items, {"record": record}] if record is not None else items)
+            if record is not None and not message.get("log_only"):
+                items = [*items, {"record": record}]
+            writer.add(seq, items)
             acks.received = seq
             reply = acks.reply(reply)
         if not _send(conn, reply):
@@ -290,13 +293,14 @@ class _Entry:
     """One message to the logger, kept until the logger has stored it (or, without a
     store, written it)."""
 
-    __slots__ = ("marks", "record", "seq", "size", "written")
+    __slots__ = ("marks", "record", "seq", "size", "stored", "written")
 
     def __init__(self, seq: int, record: dict[str, Any] | None,
-                 marks: list[dict[str, Any]] | None) -> None:
+                 marks: list[dict[str, Any]] | None, *, stored: bool = False) -> None:
         self.seq = seq
         self.record = record
         self.marks = marks
+        self.stored = stored  # the record is in the store already: only its line
         self.size = 0  # encoded bytes, once sent
         self.written = record is None  # marks have no line to write
 
@@ -306,6 +310,8 @@ class _Entry:
             message["marks"] = self.marks
         if self.record is not None:
             message["record"] = self.record
+            if self.stored:
+                message["log_only"] = True
             if self.written:
                 message["store_only"] = True
         return message
@@ -398,10 +404,12 @@ class LoggerLink:
         self._in_flight_bytes = 0
         self.pump()
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: dict[str, Any], *, stored: bool = False) -> None:
+        """Write ``record`` (and store it, unless it is ``stored`` already: a cluster's
+        claimed run, written with its claim's finish)."""
         # What happened before this record rides with it, stored before it.
         marks, self._marks = self._marks or None, []
-        self._append(record, marks)
+        self._append(record, marks, stored=stored)
         self._unwritten += 1
         self.pump()
 
@@ -416,8 +424,8 @@ class LoggerLink:
             self._marks = []
 
     def _append(self, record: dict[str, Any] | None,
-                marks: list[dict[str, Any]] | None) -> None:
-        self._records.append(_Entry(self._next_seq, record, marks))
+                marks: list[dict[str, Any]] | None, *, stored: bool = False) -> None:
+        self._records.append(_Entry(self._next_seq, record, marks, stored=stored))
         self._next_seq += 1
 
     def pump(self) -> None:
