@@ -10,10 +10,9 @@ import threading
 from datetime import timedelta
 
 import psycopg
-import pytest
 
 from supervisor.cluster.nodes import LostRun
-from supervisor.cluster.specs import SpecHashes, spec_hash
+from supervisor.cluster.specs import JobVersion, SpecHashes, version_of
 from supervisor.store.abc import HistoryQuery
 from tests.cluster_harness import (
     Node,
@@ -139,9 +138,17 @@ def test_leave_is_a_clean_goodbye(cluster):
     assert leaving.nodes.leave(leaving.id) == []
     assert {n["id"]: n["state"] for n in peer.nodes.nodes()} == {
         leaving.id: "left", peer.id: "alive"}
+    leaving.specs.publish(leaving.id, {"late": "v2"})  # a publish that came after leave
+
+    def versions_of(node):
+        return rows(peer.db, "SELECT job_id FROM taskd_node_jobs WHERE node_id = %s",
+                    (node.id,))
+
     assert peer.nodes.forget(kept_s=3600) == 0
+    assert versions_of(leaving) == [("late",)]
     assert peer.nodes.forget(kept_s=0) == 1
     assert [n["id"] for n in peer.nodes.nodes()] == [peer.id]
+    assert versions_of(leaving) == [] and len(versions_of(peer)) == 2  # its versions too
 
 
 def test_heartbeats_and_an_idle_reap_are_one_round_trip_each(cluster):
@@ -158,18 +165,24 @@ def test_heartbeats_and_an_idle_reap_are_one_round_trip_each(cluster):
 # -- spec hashes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("left", "right", "same"), [
-    ({"job_id": "a", "schedule": "* * * * *"}, {"schedule": "* * * * *", "job_id": "a"}, True),
-    ({"job_id": "a", "schedule": "* * * * *"}, {"job_id": "a", "schedule": "*/2 * * * *"},
-     False),
-    ({"job_id": "a", "task": {"type": "x", "env": {"A": "1"}}},
-     {"task": {"env": {"A": "1"}, "type": "x"}, "job_id": "a"}, True),
-    ({"job_id": "a", "timeout_s": 1}, {"job_id": "a", "timeout_s": 1.5}, False),
-    ({"job_id": "é"}, {"job_id": "e"}, False),
-])
-def test_a_spec_hash_depends_on_content_not_on_key_order(left, right, same):
-    assert (spec_hash(left) == spec_hash(right)) is same
-    assert len(spec_hash(left)) == 12 and int(spec_hash(left), 16) >= 0
+def test_versions_and_their_limits_are_stored_as_published(cluster):
+    node = Node(cluster(), [])
+    first = {"plain": "h1", "skip": JobVersion("h2", run_limit=1),
+             "replace": JobVersion("h3", run_limit=1, replace=True),
+             "group": JobVersion("h4", concurrency_group='nächtlich "\\ backups'),
+             "gone": "h5"}
+    later = {**first, "plain": JobVersion("h6", run_limit=3), "skip": "h2", "new": "h7"}
+    del later["gone"]
+
+    def stored():
+        return {job_id: JobVersion(*version) for job_id, *version in rows(
+            node.db, "SELECT job_id, spec_hash, run_limit, replace, concurrency_group "
+                     "FROM taskd_node_jobs WHERE node_id = %s", (node.id,))}
+
+    specs = SpecHashes(node.db)  # as after a restart: its first publish replaces all
+    for versions in (first, later):  # all rows replaced, then only what changed
+        specs.publish(node.id, versions)
+        assert stored() == {job_id: version_of(v) for job_id, v in versions.items()}
 
 
 def test_specs_are_written_on_change_only(cluster):

@@ -135,6 +135,33 @@ def test_unchanged_content_gives_an_equal_spec():
     assert parse(job(timeout_s=3)) != parse(job(timeout_s=4))
 
 
+SAME_BYTES = json.dumps(job()).encode()
+
+
+@pytest.mark.parametrize(("left", "right", "same"), [
+    ((SAME_BYTES, "UTC"), (SAME_BYTES, "UTC"), True),
+    # Any byte is a new version, even one JSON ignores: the nodes' files differ.
+    ((SAME_BYTES, "UTC"), (SAME_BYTES + b"\n", "UTC"), False),
+    ((json.dumps(job(timeout_s=1)).encode(), "UTC"),
+     (json.dumps(job(timeout_s=2)).encode(), "UTC"), False),
+    # Without its own timezone a job is read in its node's default zone ...
+    ((SAME_BYTES, "UTC"), (SAME_BYTES, "Europe/Paris"), False),
+    # ... with one, the default plays no part.
+    ((json.dumps(job(timezone="Asia/Tokyo")).encode(), "UTC"),
+     (json.dumps(job(timezone="Asia/Tokyo")).encode(), "Europe/Paris"), True),
+])
+def test_a_version_is_the_files_bytes_and_the_zone_they_are_read_in(left, right, same):
+    one, other = (parse_job(data, FILE, default_zone=zone, versioned=True)
+                  for data, zone in (left, right))
+    assert (one.version == other.version) is same
+    assert len(one.version) == 12 and int(one.version, 16) >= 0
+    assert (one == other) is same  # a new version is a changed spec: it is published
+
+
+def test_a_spec_read_without_version_has_none():
+    assert parse(job()).version is None
+
+
 ERRORS = [
     (b"\xff\xfe{}", 'not UTF-8 text (invalid byte at offset 0)'),
     (b'{"job_id": "x",', "not valid JSON: Expecting property name enclosed in double quotes"

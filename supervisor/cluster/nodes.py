@@ -92,8 +92,17 @@ SELECT node_id, host, pid,
        workers, busy, state, started_at, lease_s
 FROM taskd_nodes ORDER BY started_at, node_id
 """
-_FORGET = ("DELETE FROM taskd_nodes WHERE state <> 'alive' "
-           "AND gone_at < now() - %(kept_s)s * interval '1 second'")
+# The forgotten nodes' job versions with them (no foreign key: pg_migrations step 5).
+_FORGET = """
+WITH gone AS (
+    DELETE FROM taskd_nodes WHERE state <> 'alive'
+    AND gone_at < now() - %(kept_s)s * interval '1 second'
+    RETURNING node_id
+), versions AS (
+    DELETE FROM taskd_node_jobs WHERE node_id IN (SELECT node_id FROM gone)
+)
+SELECT count(*) FROM gone
+"""
 
 
 class Nodes:
@@ -147,7 +156,7 @@ class Nodes:
     def forget(self, kept_s: float = GONE_KEPT_S) -> int:
         """Delete the rows of nodes gone longer than ``kept_s``; how many."""
         with self.db.session() as db:
-            return db.execute(_FORGET, {"kept_s": kept_s}).rowcount
+            return db.execute(_FORGET, {"kept_s": kept_s}).fetchone()[0]
 
 
 def _bury(db: psycopg.Connection, node_ids: Sequence[str]) -> list[LostRun]:

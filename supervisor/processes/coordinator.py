@@ -13,8 +13,6 @@ a second; the schedule then coalesces what came due (see ``schedule.py``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import socket
@@ -132,7 +130,7 @@ class Coordinator:
         self._starting = False  # handing out the @reboot runs
         self.reconciler = Reconciler(partial(
             read_stamped_job_file, default_zone=options.timezone,
-            trusted_only=not options.allow_insecure_files))
+            trusted_only=not options.allow_insecure_files, versioned=cluster is not None))
         self.started_at = self.clock.now()
         self.stopping = False
         self.stop_now = False
@@ -569,14 +567,15 @@ class Coordinator:
         the load; then only the jobs a change touched are hashed again)."""
         if self.cluster is None:
             return
+        version = job_versions()
         if changes is None:
-            self._published = {job_id: job_version(state.spec)
+            self._published = {job_id: version(state.spec)
                                for job_id, state in self.schedule.jobs.items()}
         else:
             for job_id in changes.removed:
                 self._published.pop(job_id, None)
             for spec in changes.upserted:
-                self._published[spec.job_id] = job_version(spec)
+                self._published[spec.job_id] = version(spec)
         self.cluster.publish(self._published)
 
     def _stop_run(self, run_id: str, error: str) -> bool:
@@ -784,21 +783,15 @@ def _claimable(execution: Execution) -> bool:
             and (execution.attempt or 1) == 1)
 
 
-def job_version(spec: Any) -> Any:
-    """This node's version of a job for the cluster: its hash and its limits."""
+def job_versions() -> Callable[[Any], Any]:
+    """The function from a spec to this node's version of its job for the cluster
+    (cluster.specs.JobVersion: the version of its file, and its limits)."""
     from supervisor.cluster.specs import JobVersion
 
-    return JobVersion(spec_version(spec), run_limit=run_limit(spec),
-                      replace=spec.overlap == "replace",
-                      concurrency_group=spec.policy.concurrency_group)
-
-
-def spec_version(spec: Any) -> str:
-    """A short hash of what a job does and when: equal on nodes with the same file."""
-    document = [spec.schedule, spec.timezone, spec.task_type, dict(spec.task_params),
-                spec.timeout_s, spec.overlap, spec.enabled, spec.policy.describe()]
-    text = json.dumps(document, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    def version(spec: Any) -> Any:
+        return JobVersion(spec.version, run_limit(spec), spec.overlap == "replace",
+                          spec.policy.concurrency_group)
+    return version
 
 
 def _any_in(objects: list[Any], ready: list[Any]) -> bool:
