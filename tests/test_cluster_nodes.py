@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import psycopg
 
-from supervisor.cluster.nodes import LostRun
+from supervisor.cluster.nodes import LostRun, Nodes
 from supervisor.cluster.specs import JobVersion, SpecHashes, version_of
 from supervisor.store.abc import HistoryQuery
 from tests.cluster_harness import (
@@ -230,6 +230,9 @@ def test_equal_sets_of_versions_skip_the_conflict_view(cluster):
     fresh = Node(cluster(), [])  # a digest made from scratch is the one kept by edits
     fresh.specs.publish(fresh.id, jobs)
     assert rows(a.db, "SELECT count(DISTINCT jobs_digest) FROM taskd_nodes") == [(1,)]
+    starting = Nodes(cluster()).join("host", 1001, 8, lease_s=30.0)  # nothing published
+    assert rows(a.db, "SELECT jobs_digest FROM taskd_nodes WHERE node_id = %s",
+                (starting,)) == [(None,)]
     with protocol_trace(a.db) as trace:
         assert a.specs.conflicts() == []
     assert not any("taskd_node_jobs" in line for line in trace)  # the view was not read
