@@ -238,11 +238,14 @@ _UNANSWERED = ("SELECT job_id, scheduled_for, run_id, claimed_at FROM taskd_occu
                "WHERE run_id = ANY(%(run_ids)s::text[]) AND node_id = %(node_id)s "
                "AND state = 'claimed'")
 
+# LATERAL: each finish looks its row up by run id (the unique index); a join read every
+# done row while the table was small (a burst's first minutes), at each batch.
 _FINISHED = """
-SELECT o.run_id FROM taskd_occurrences o
-JOIN unnest(%(run_ids)s::text[], %(node_ids)s::text[]) AS f (run_id, node_id)
-  ON o.run_id = f.run_id AND o.node_id = f.node_id
-WHERE o.state = 'done'
+SELECT o.run_id
+FROM unnest(%(run_ids)s::text[], %(node_ids)s::text[]) AS f (run_id, node_id)
+CROSS JOIN LATERAL (SELECT run_id FROM taskd_occurrences
+                    WHERE run_id = f.run_id AND node_id = f.node_id AND state = 'done'
+                    LIMIT 1) o
 """
 
 _EXPIRE = """
