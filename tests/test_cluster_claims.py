@@ -189,6 +189,23 @@ def test_which_finishes_were_kept_is_asked_by_run_id(cluster):
                                      "node_ids": [node.id] * 2}) == [("run-7",)]
 
 
+def test_a_large_batch_of_offers_gets_the_table_analyzed_for_the_claims_after_it(cluster):
+    """Without statistics the planner sorts every due row at each claim; the node that
+    offered a burst has them made at once, not a minute later by autovacuum."""
+    from supervisor.cluster.claims import ANALYZE_AFTER_OFFERS
+
+    count = ANALYZE_AFTER_OFFERS + 100
+    node = Node(cluster(), [f"job-{i:04d}" for i in range(count)])
+
+    def known_rows():
+        return rows(node.db, "SELECT reltuples FROM pg_class "
+                             "WHERE relname = 'taskd_occurrences'")[0][0]
+
+    assert known_rows() < 0  # never analyzed
+    node.claim(offers_at(db_now(node.db) - timedelta(seconds=1), count), limit=8)
+    assert known_rows() == count
+
+
 def test_a_batch_with_several_runs_of_a_job_keeps_its_last_run_as_the_store_would(
         cluster):
     """One statement finishes a batch: a job's last run is its latest record there, its
