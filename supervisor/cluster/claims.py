@@ -127,17 +127,11 @@ _TAKE_TURN = (f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'",
               f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
 LIMITED_WINDOW = 256  # due rows looked at beyond the capacity: the skipped and waiting
 
-# A statement of its own after _LOCK_ALIVE, so its snapshot is taken once the lock is
-# held (or, if the reaper held it first, once the node is seen dead). The claimer's
-# version of each job decides its limits, as its version decides what runs:
-# - run_limit (overlap skip: 1, max_concurrent N): an occurrence that finds that many
-#   runs of its job claimed, or waiting before it, is skipped;
-# - replace: the latest due occurrence runs, the older due ones are skipped, and the
-#   oldest claimed runs beyond the limit are asked to stop (``stop_reason``);
-# - concurrency_group: one claimed run per group; the others stay due and wait (one per
-#   job: a later one while one waits is skipped), until their deadline.
-_CLAIM = """
-WITH due AS MATERIALIZED (
+# The claim is a statement of its own after _LOCK_ALIVE, so its snapshot is taken once
+# the lock is held (or, if the reaper held it first, once the node is seen dead). It is
+# made of the pieces below: the due rows (each with the claimer's version of its job),
+# the verdicts of the limits, the rows to claim, and the updates.
+_DUE = """
     SELECT o.job_id, o.scheduled_for, j.spec_hash, j.run_limit, j.replace,
            j.concurrency_group
     FROM taskd_occurrences o
@@ -155,7 +149,17 @@ WITH due AS MATERIALIZED (
     ORDER BY o.scheduled_for, o.job_id
     LIMIT %(window)s
     FOR UPDATE OF o SKIP LOCKED
-), ranked AS (
+"""
+
+# The claimer's version of each job decides its limits, as its version decides what runs:
+# - run_limit (overlap skip: 1, max_concurrent N): an occurrence that finds that many
+#   runs of its job claimed, or waiting before it, is skipped;
+# - replace: the latest due occurrence runs, the older due ones are skipped, and the
+#   oldest claimed runs beyond the limit are asked to stop (``stop_reason``);
+# - concurrency_group: one claimed run per group; the others stay due and wait (one per
+#   job: a later one while one waits is skipped), until their deadline.
+_VERDICTS = """
+ranked AS (
     SELECT due.*,
            row_number() OVER (PARTITION BY job_id ORDER BY scheduled_for) AS nth,
            count(*) OVER (PARTITION BY job_id) AS of_job,
@@ -189,13 +193,10 @@ WITH due AS MATERIALIZED (
                     concurrency_group)
         END AS skipped
     FROM grouped
-), to_claim AS (
-    SELECT * FROM (SELECT judged.*, row_number() OVER (ORDER BY scheduled_for, job_id) AS n
-                   FROM judged WHERE skipped IS NULL AND NOT waits) runnable
-    WHERE n <= greatest(0, %(limit)s - (SELECT count(*) FROM taskd_occurrences
-                                        WHERE run_id = ANY(%(unanswered)s::text[])
-                                          AND node_id = %(node_id)s AND state = 'claimed'))
-), claimed AS (
+)
+"""
+
+_CLAIMED = """
     UPDATE taskd_occurrences o
     SET state = 'claimed', node_id = %(node_id)s,
         run_id = (%(run_ids)s::text[])[c.n::integer], claimed_at = now(),
@@ -203,7 +204,11 @@ WITH due AS MATERIALIZED (
     FROM to_claim c
     WHERE o.job_id = c.job_id AND o.scheduled_for = c.scheduled_for
     RETURNING o.job_id, o.scheduled_for, o.run_id, o.claimed_at
-), skipped AS (
+"""
+
+# What the verdicts end besides claims: skipped occurrences, stop requests.
+_OTHER_ENDS = """
+skipped AS (
     UPDATE taskd_occurrences o SET state = 'skipped', finished_at = now()
     FROM judged s
     WHERE s.skipped IS NOT NULL AND o.job_id = s.job_id AND o.scheduled_for = s.scheduled_for
@@ -218,10 +223,33 @@ WITH due AS MATERIALIZED (
       AND o.job_id = old.job_id AND o.scheduled_for = old.scheduled_for
     RETURNING o.job_id, o.scheduled_for, o.run_id, o.node_id
 )
-SELECT 'claimed', job_id, scheduled_for, run_id, claimed_at, NULL::text FROM claimed
-UNION ALL SELECT 'skipped', job_id, scheduled_for, NULL, NULL, reason FROM skipped
-UNION ALL SELECT 'stop', job_id, scheduled_for, run_id, NULL, node_id FROM stops
 """
+
+
+
+def _to_claim(runnable: str) -> str:
+    """The runnable due rows, numbered, up to the limit less the claims answered again."""
+    return f"""
+    SELECT * FROM (SELECT r.*, row_number() OVER (ORDER BY scheduled_for, job_id) AS n
+                   FROM {runnable}) runnable
+    WHERE n <= greatest(0, %(limit)s - (SELECT count(*) FROM taskd_occurrences
+                                        WHERE run_id = ANY(%(unanswered)s::text[])
+                                          AND node_id = %(node_id)s AND state = 'claimed'))
+"""
+
+
+_CLAIMED_ROWS = ("SELECT 'claimed', job_id, scheduled_for, run_id, claimed_at, NULL::text "
+                 "FROM claimed")
+_CLAIM = (f"WITH due AS MATERIALIZED ({_DUE}), {_VERDICTS}, "
+          f"to_claim AS ({_to_claim('judged r WHERE skipped IS NULL AND NOT waits')}), "
+          f"claimed AS ({_CLAIMED}), {_OTHER_ENDS}\n{_CLAIMED_ROWS}\n"
+          "UNION ALL SELECT 'skipped', job_id, scheduled_for, NULL, NULL, reason FROM skipped\n"
+          "UNION ALL SELECT 'stop', job_id, scheduled_for, run_id, NULL, node_id FROM stops")
+# A node none of whose versions has limits claims with the due rows alone: the verdicts
+# would all be "run it" (its versions decide), and planning them was most of the claim's
+# cost (PostgreSQL plans the claim anew each time once it has statistics).
+_CLAIM_PLAIN = (f"WITH due AS MATERIALIZED ({_DUE}), to_claim AS ({_to_claim('due r')}), "
+                f"claimed AS ({_CLAIMED})\n{_CLAIMED_ROWS}")
 
 _STOP_REQUESTS = ("SELECT run_id, stop_reason FROM taskd_occurrences "
                   "WHERE node_id = %(node_id)s AND state = 'claimed' "
@@ -348,7 +376,8 @@ class Claims:
                         for statement in _TAKE_TURN:
                             db.execute(statement)
                     db.execute(_LOCK_ALIVE, claim)
-                    decided = db.cursor().execute(_CLAIM, claim)
+                    decided = db.cursor().execute(_CLAIM if limited else _CLAIM_PLAIN,
+                                                  claim)
         except BaseException:
             self._unanswered += claim["run_ids"]
             raise
