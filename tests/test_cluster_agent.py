@@ -233,3 +233,32 @@ def test_with_no_free_worker_the_agent_thread_sleeps():
     thread.start()
     thread.join(10)
     assert NoClaims.calls == 0 and used and used[0] < 0.05, used
+
+
+def test_a_node_claims_for_its_free_workers_only_even_in_a_backlog():
+    """A backlog (the last claim took all it asked for) is claimed again as soon as a
+    worker frees up, never ahead of one: a run claimed ahead waited behind this node's
+    long runs while a peer's workers were idle."""
+    from supervisor.cluster.claims import ClaimBatch
+
+    a = agent()
+    a.node_id = "node-a"
+    now = datetime.now(UTC)
+
+    class Backlog:  # every claim finds as many due runs as it asks for
+        limits: list[int] = []
+
+        def claim_batch(self, offers, limit, **options):
+            Backlog.limits.append(limit)
+            return ClaimBatch([Claim(f"job-{len(Backlog.limits)}-{i}", now, f"run-{i}", now)
+                               for i in range(limit)], [], [])
+
+    a.set_capacity(busy=0, waiting=0)
+    a._claim(Backlog(), 0.0, [])
+    assert Backlog.limits == [2] and len(a.take().claims) == 2
+    a.set_capacity(busy=2, waiting=0)  # both runs started: no worker free
+    a._claim(Backlog(), 0.0, [])
+    assert Backlog.limits == [2]  # nothing claimed ahead
+    a.set_capacity(busy=1, waiting=0)  # one ended
+    a._claim(Backlog(), 0.0, [])
+    assert Backlog.limits == [2, 1]
