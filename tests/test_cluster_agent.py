@@ -235,30 +235,94 @@ def test_with_no_free_worker_the_agent_thread_sleeps():
     assert NoClaims.calls == 0 and used and used[0] < 0.05, used
 
 
-def test_a_node_claims_for_its_free_workers_only_even_in_a_backlog():
+class Backlog:
+    """Claims that find as many due runs as they ask for, and keep every finish."""
+
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    def claim_batch(self, offers, limit, *, finished=(), **options):
+        from supervisor.cluster.claims import ClaimBatch
+
+        self.limits.append(limit)
+        now = datetime.now(UTC)
+        return ClaimBatch([Claim(f"job-{len(self.limits)}-{i}", now, f"run-{i}", now)
+                           for i in range(limit)], [], [], finished=[True] * len(finished))
+
+    def finish_many(self, finished):  # with nothing to claim
+        return [True] * len(finished)
+
+
+def ended(a: ClusterAgent, duration_ms: float, count: int = 1) -> list[dict]:
+    """``count`` claimed runs of ``duration_ms`` ended: their records as the agent's
+    thread takes them."""
+    for n in range(count):
+        a.finished({"run_id": f"done-{duration_ms}-{n}", "duration_ms": duration_ms})
+    with a._lock:
+        records, a._finished = a._finished, []
+    return records
+
+
+def test_without_short_runs_behind_it_a_node_claims_for_its_free_workers_only():
     """A backlog (the last claim took all it asked for) is claimed again as soon as a
-    worker frees up, never ahead of one: a run claimed ahead waited behind this node's
-    long runs while a peer's workers were idle."""
-    from supervisor.cluster.claims import ClaimBatch
+    worker frees up, and not ahead of one until the node's runs have proved short: a
+    run claimed ahead waits here for a worker, behind long runs while a peer's workers
+    are idle."""
+    a = agent()
+    a.node_id = "node-a"
+    backlog = Backlog()
+    a.set_capacity(busy=0, waiting=0)
+    a._claim(backlog, 0.0, [])
+    assert backlog.limits == [2] and len(a.take().claims) == 2
+    a.set_capacity(busy=2, waiting=0)  # both runs started: no worker free
+    a._claim(backlog, 0.0, [])
+    assert backlog.limits == [2]  # nothing claimed ahead
+    a.set_capacity(busy=1, waiting=0)  # one ended
+    a._claim(backlog, 0.0, ended(a, 60_000.0))
+    assert backlog.limits == [2, 1]
+
+
+def test_a_backlog_of_short_runs_is_claimed_one_ahead_per_worker_until_a_long_one():
+    from supervisor.processes.cluster_agent import RECENT_RUNS, SHORT_RUN_MS
 
     a = agent()
     a.node_id = "node-a"
-    now = datetime.now(UTC)
-
-    class Backlog:  # every claim finds as many due runs as it asks for
-        limits: list[int] = []
-
-        def claim_batch(self, offers, limit, **options):
-            Backlog.limits.append(limit)
-            return ClaimBatch([Claim(f"job-{len(Backlog.limits)}-{i}", now, f"run-{i}", now)
-                               for i in range(limit)], [], [])
-
+    backlog = Backlog()
     a.set_capacity(busy=0, waiting=0)
-    a._claim(Backlog(), 0.0, [])
-    assert Backlog.limits == [2] and len(a.take().claims) == 2
-    a.set_capacity(busy=2, waiting=0)  # both runs started: no worker free
-    a._claim(Backlog(), 0.0, [])
-    assert Backlog.limits == [2]  # nothing claimed ahead
-    a.set_capacity(busy=1, waiting=0)  # one ended
-    a._claim(Backlog(), 0.0, [])
-    assert Backlog.limits == [2, 1]
+    a._claim(backlog, 0.0, ended(a, SHORT_RUN_MS / 2, RECENT_RUNS))
+    a.take()
+    a.set_capacity(busy=2, waiting=0)
+    a._claim(backlog, 0.0, [])
+    assert backlog.limits == [2, 2]  # one ahead for each busy worker
+    a.take()
+    a.set_capacity(busy=2, waiting=2)
+    a._claim(backlog, 0.0, [])
+    assert backlog.limits == [2, 2]  # never more than one ahead per worker
+    a.set_capacity(busy=2, waiting=1)  # one ended (a long one), a waiting run started
+    a._claim(backlog, 0.0, ended(a, SHORT_RUN_MS * 10))
+    assert backlog.limits == [2, 2]  # no more ahead while a long run is among the last
+
+
+def test_in_a_backlog_one_free_worker_waits_a_moment_for_others_to_claim_with():
+    from supervisor.processes.cluster_agent import GATHER_S
+
+    now = [100.0]
+    a = ClusterAgent("postgresql:///unused", workers=8, monotonic=lambda: now[0])
+    a.node_id = "node-a"
+    backlog = Backlog()
+    a.set_capacity(busy=0, waiting=0)
+    a._claim(backlog, 0.0, [])
+    a.take()
+    a.set_capacity(busy=7, waiting=0)  # one run ended: a backlog, one worker free
+    records = ended(a, 60_000.0)
+    assert a._claim(backlog, 0.0, records) == 100.0 + GATHER_S  # wakes then
+    assert backlog.limits == [8] and a._finished == records  # its finish waits too
+    a.set_capacity(busy=4, waiting=0)  # half of them free: no more waiting
+    a._claim(backlog, 0.0, ended(a, 60_000.0))
+    assert backlog.limits == [8, 4] and a._finished == []
+    a.take()
+    a.set_capacity(busy=7, waiting=0)
+    a._claim(backlog, 0.0, [])
+    now[0] += GATHER_S  # nobody else freed up in time: the one goes alone
+    a._claim(backlog, 0.0, [])
+    assert backlog.limits == [8, 4, 1]

@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +42,15 @@ from supervisor.cluster.pending import PendingOffer, PendingOffers
 
 HEARTBEATS_PER_LEASE = 3
 CLAIM_POLL_S = 1.0  # others' unclaimed offers, while there is capacity
+# In a backlog a free worker waits up to GATHER_S for a GATHER_SHARE-th of the workers
+# to be free before the claim goes out: a round trip's cost is mostly its own, not its
+# runs', and one per worker that frees up was most of cluster mode's cost in a burst.
+GATHER_S = 0.003
+GATHER_SHARE = 2
+# Runs are claimed ahead of free workers only while this node's last RECENT_RUNS claimed
+# runs each took at most SHORT_RUN_MS: a run claimed ahead waits at most about that long.
+RECENT_RUNS = 16
+SHORT_RUN_MS = 100.0
 CONFLICTS_EVERY_LEASES = 1.0  # the conflict view's refresh, and after each publish
 RECONNECT_S = (0.5, 10.0)  # backoff: first wait, most
 PRUNE_EVERY_S = 3600.0  # old occurrences and nodes gone for a day are forgotten
@@ -86,6 +96,8 @@ class ClusterAgent:
         self._stopping = False
         self._draining = False  # the daemon is stopping: claim nothing more
         self._more_due = False  # the last claim took all it could: claim again when free
+        self._gather_until: float | None = None  # in a backlog: claim by then (monotonic)
+        self._recent_runs_ms: deque[float] = deque(maxlen=RECENT_RUNS)  # claimed, ended
         self._claiming = False  # a claim is in flight (drain waits for its answer)
         self._thread: threading.Thread | None = None
         self._reader, self._writer = socket.socketpair()
@@ -137,6 +149,7 @@ class ClusterAgent:
         with self._lock:
             self._finished.append(record)
             self._stops_delivered.discard(record["run_id"])
+            self._recent_runs_ms.append(record.get("duration_ms") or 0.0)
 
     def _wake(self) -> None:  # with the lock held
         self._poke = True
@@ -347,6 +360,16 @@ class ClusterAgent:
             if later is not None:  # wake when the first of them is due
                 return min(next_poll, mono + max(0.0, later - now_db))
             return next_poll
+        if not due and self._more_due and capacity < max(1, self.workers // GATHER_SHARE):
+            # A backlog, and only a few workers free: wait a moment for more to free up,
+            # so that one round trip claims (and finishes) for several of them.
+            if self._gather_until is None:
+                self._gather_until = mono + GATHER_S
+            if mono < self._gather_until:
+                with self._lock:
+                    self._finished[:0] = finished
+                return self._gather_until  # (the claim then is also the poll)
+        self._gather_until = None
         from supervisor.cluster.claims import Offer
 
         batch = self._finishing(finished, lambda ends: claims.claim_batch(
@@ -371,13 +394,20 @@ class ClusterAgent:
         return mono + CLAIM_POLL_S
 
     def _capacity(self) -> int:
-        """How many runs to claim now (with the lock held): one per free worker, never
-        more (a run claimed ahead waited behind this node's long runs while its peers
-        had idle workers; measured, it bought a burst nothing once claims were cheap).
+        """How many runs to claim now (with the lock held): one per free worker; in a
+        backlog of short runs also one ahead per worker, so that a worker that ends a
+        run finds the next one here instead of waiting a round trip for it. Only while
+        this node's last runs were all short: a run claimed ahead waits for a worker
+        here, and behind long runs it would wait while a peer's workers are idle.
         Claims delivered and not taken yet count as taken."""
         if self._draining:
             return 0
-        return max(0, self._free - len(self._results.claims))
+        ahead = self.workers if self._more_due and self._runs_are_short() else 0
+        return max(0, self._free + ahead - len(self._results.claims))
+
+    def _runs_are_short(self) -> bool:
+        recent = self._recent_runs_ms
+        return len(recent) == recent.maxlen and max(recent) <= SHORT_RUN_MS
 
     def _finish(self, claims: Any, finished: list[dict[str, Any]]) -> None:
         self._finishing(finished, lambda ends: _Answers(claims.finish_many(ends)))
