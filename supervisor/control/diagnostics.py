@@ -40,7 +40,7 @@ class Diagnostics:
         name = event.get("event", "unknown")
         line = {"event": name, "level": event.get("level", "info"),
                 "time": datetime.now(UTC).isoformat(timespec="microseconds")}
-        line.update((k, v) for k, v in event.items() if k not in ("event", "level"))
+        line.update(event)  # "event" and "level" keep their places, with these values
         self.counts[name] = self.counts.get(name, 0) + 1
         text = one_line(_ENCODER.encode(line)) + "\n"
         with self._lock:
