@@ -91,7 +91,7 @@ def cluster_coordinator(tmp_path, queue=None):
 
 
 def test_a_reload_publishes_the_versions_of_the_jobs_it_touched(tmp_path):
-    from supervisor.processes.coordinator import job_versions
+    from supervisor.cluster.specs import JobVersion
     from tests.test_coordinator_step import write_job
 
     coordinator, agent, clock, _ = cluster_coordinator(tmp_path)
@@ -106,8 +106,7 @@ def test_a_reload_publishes_the_versions_of_the_jobs_it_touched(tmp_path):
     coordinator.request_reload("test")
     coordinator.step(wait=lambda objects, timeout: clock.sleep(timeout) or [])
     latest = agent.published[-1]
-    version = job_versions()
-    assert latest == {job_id: version(state.spec)
+    assert latest == {job_id: JobVersion.of(state.spec)
                       for job_id, state in coordinator.schedule.jobs.items()}
     assert all(v.spec_hash == coordinator.schedule.jobs[job_id].spec.version
                for job_id, v in latest.items())

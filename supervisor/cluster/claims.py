@@ -226,7 +226,6 @@ skipped AS (
 """
 
 
-
 def _to_claim(runnable: str) -> str:
     """The runnable due rows, numbered, up to the limit less the claims answered again."""
     return f"""

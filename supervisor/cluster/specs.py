@@ -3,12 +3,11 @@
 A node runs the version of a job its own files hold, so each node publishes the version
 of each job it would run (``taskd_node_jobs``; ``JobSpec.version``, a short hash of its
 file's bytes), with the limits that version sets (``JobVersion``: the claims hold them
-cluster-wide): claims only take jobs the claimer has
-published, and ``conflicts`` lists the jobs whose hash differs between live nodes (for
-``taskd status``). Publishing writes only what changed since this object last
-published for that node (nothing at all for a heartbeat, or a reload that changed
-nothing), in one round trip, so 100,000 jobs cost one bulk write at join and a row per
-edited job after.
+cluster-wide): claims only take jobs the claimer has published, and ``conflicts`` lists
+the jobs whose hash differs between live nodes (for ``taskd status``). Publishing
+writes only what changed since this object last published for that node (nothing at all
+for a heartbeat, or a reload that changed nothing), in one round trip, so 100,000 jobs
+cost one bulk write at join and a row per edited job after.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from supervisor.cluster.database import ClusterDatabase
+from supervisor.jobfiles.jobspec import JobSpec
+from supervisor.timing.schedule import run_limit
 
 # The versions travel as one JSON text, [[job_id, hash], [job_id, hash, run_limit, replace,
 # group], ...] (limits only where a job has them): psycopg builds five arrays of 100,000
@@ -60,6 +61,12 @@ class JobVersion(NamedTuple):
     run_limit: int | None = None  # runs at once: overlap skip/replace 1, max_concurrent N
     replace: bool = False  # overlap: replace (at the limit, the oldest run is stopped)
     concurrency_group: str | None = None
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> JobVersion:
+        """This node's version of a job: the version of its file, and its limits."""
+        return cls(spec.version, run_limit(spec), spec.overlap == "replace",
+                   spec.policy.concurrency_group)
 
     @property
     def limited(self) -> bool:

@@ -34,7 +34,7 @@ from supervisor.processes.handoff import ExecutionQueue
 from supervisor.processes.heap import bulk_load
 from supervisor.processes.readiness import wait_readable
 from supervisor.store.abc import Memory
-from supervisor.timing.schedule import Occurrence, Schedule, run_limit
+from supervisor.timing.schedule import Occurrence, Schedule
 from workers.execution import Execution, failure_record
 
 MAX_SLEEP_S = 1.0
@@ -567,15 +567,16 @@ class Coordinator:
         the load; then only the jobs a change touched are hashed again)."""
         if self.cluster is None:
             return
-        version = job_versions()
+        from supervisor.cluster.specs import JobVersion
+
         if changes is None:
-            self._published = {job_id: version(state.spec)
+            self._published = {job_id: JobVersion.of(state.spec)
                                for job_id, state in self.schedule.jobs.items()}
         else:
             for job_id in changes.removed:
                 self._published.pop(job_id, None)
             for spec in changes.upserted:
-                self._published[spec.job_id] = version(spec)
+                self._published[spec.job_id] = JobVersion.of(spec)
         self.cluster.publish(self._published)
 
     def _stop_run(self, run_id: str, error: str) -> bool:
@@ -781,17 +782,6 @@ def _claimable(execution: Execution) -> bool:
     run this node claimed) and a hook are this node's own."""
     return (not execution.manual and execution.hook is None
             and (execution.attempt or 1) == 1)
-
-
-def job_versions() -> Callable[[Any], Any]:
-    """The function from a spec to this node's version of its job for the cluster
-    (cluster.specs.JobVersion: the version of its file, and its limits)."""
-    from supervisor.cluster.specs import JobVersion
-
-    def version(spec: Any) -> Any:
-        return JobVersion(spec.version, run_limit(spec), spec.overlap == "replace",
-                          spec.policy.concurrency_group)
-    return version
 
 
 def _any_in(objects: list[Any], ready: list[Any]) -> bool:
