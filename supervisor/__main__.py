@@ -1,5 +1,5 @@
 """``python -m supervisor`` is the ``taskd`` command."""
 
-from supervisor.cli import main
+from supervisor.entry import main
 
-main(prog_name="taskd")
+main()

@@ -49,7 +49,7 @@ REPORT = ('id -u; id -g; id -G; echo "$HOME|$USER|$LOGNAME|$SHELL"; pwd; '
 def test_resolve_account(user: MadeUser) -> None:
     account = resolve_account(user.name)
     assert (account.name, account.uid, account.gid) == (user.name, user.uid, user.gid)
-    assert account.groups == sorted({user.gid, user.extra_gid})
+    assert account.groups == tuple(sorted({user.gid, user.extra_gid}))
     assert account.home == str(user.home)
     assert account.shell == "/bin/sh"
     assert resolve_account(str(user.uid)) == account  # a numeric uid with an entry
@@ -59,7 +59,7 @@ def test_resolve_account_with_a_group(user: MadeUser) -> None:
     account = resolve_account(user.name, user.extra_group)
     assert account.gid == user.extra_gid
     # As systemd's Group=: the group, plus the memberships the group database lists.
-    assert account.groups == sorted(set(os.getgrouplist(user.name, user.extra_gid)))
+    assert account.groups == tuple(sorted(set(os.getgrouplist(user.name, user.extra_gid))))
     assert resolve_account(user.name, str(user.extra_gid)).gid == user.extra_gid
 
 

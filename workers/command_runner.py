@@ -38,7 +38,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from workers.run_as import Credentials
 from workers.run_processes import (
@@ -95,8 +95,7 @@ def run_command(
     return watch.run()
 
 
-@dataclass(frozen=True, slots=True)
-class Shell:
+class Shell(NamedTuple):
     """A started ``/bin/sh``: its pid (and group id), the read end of its combined
     stdout and stderr, the write end of its stdin (None: it reads ``/dev/null``), and
     how to reap it (returns its return code, -N for signal N)."""

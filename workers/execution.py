@@ -7,30 +7,35 @@ other side, and a later queue (a database table) can carry them unchanged.
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from workers.task_type import TaskOutcome
+from workers.task_type import NO_ENTRIES, TaskOutcome
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 
 
 def new_run_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID in 32 hex digits, as ``uuid.uuid4().hex`` spells it.
+    Made here, not by ``uuid``: that module (and the ``platform`` it imports) would be
+    in every worker's memory for this one call."""
+    octets = bytearray(os.urandom(16))
+    octets[6] = octets[6] & 0x0F | 0x40  # version 4
+    octets[8] = octets[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return octets.hex()
 
 
-@dataclass(frozen=True)
-class Execution:
-    """A request to run one occurrence of a job once."""
+class Execution(NamedTuple):
+    """A request to run one occurrence of a job once (a NamedTuple: see task_type)."""
 
     run_id: str
     job_id: str
     scheduled_for: str  # ISO 8601 with offset
     task_type: str
-    task_params: dict[str, Any] = field(default_factory=dict)
+    task_params: Mapping[str, Any] = NO_ENTRIES
     timeout_s: float | None = None
     manual: bool = False  # asked for by `taskd run`, not by the schedule
     catch_up: bool = False  # an occurrence that fell while no taskd ran (job key catch_up)
@@ -38,17 +43,16 @@ class Execution:
     attempt: int | None = None  # with ``retry``: 1 for the first run, 2 for the first retry
     hook: str | None = None  # "on_failure" etc.: this run is that hook of job_id
     payload: str | None = None  # a hook's input: the JSON of the record that set it off
-    variables: dict[str, str] = field(default_factory=dict)  # more TASKD_* for the task
+    variables: Mapping[str, str] = NO_ENTRIES  # more TASKD_* for the task
     user: str | None = None  # run as this account (a root daemon only)
     group: str | None = None
     env_file: str | None = None  # KEY=VALUE lines, read at each run, under the task's env
     delayed_s: float | None = None  # jitter: started this long after scheduled_for
 
     def to_message(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: that deep-copies, and this runs once per execution.
         message = {"run_id": self.run_id, "job_id": self.job_id,
                    "scheduled_for": self.scheduled_for, "task_type": self.task_type,
-                   "task_params": self.task_params, "timeout_s": self.timeout_s,
+                   "task_params": self.task_params or {}, "timeout_s": self.timeout_s,
                    "manual": self.manual, "catch_up": self.catch_up}
         for key in _POLICY_FIELDS:  # only what is set: most runs carry none of them
             value = getattr(self, key)

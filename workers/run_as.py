@@ -25,7 +25,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from workers.params import show
 
@@ -37,14 +37,13 @@ class AccountError(ValueError):
     """The account cannot be used; one line starting with ``user`` or ``group``."""
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):
     """A user's entry, with the group and supplementary groups a command of it gets."""
 
     name: str
     uid: int
     gid: int  # the one the command runs with (``group``, else the primary group)
-    groups: list[int] = field(default_factory=list)  # supplementary, ``gid`` among them
+    groups: tuple[int, ...] = ()  # supplementary, ``gid`` among them
     home: str = "/"
     shell: str = COMMAND_SHELL  # the login shell of the entry (not what the command gets)
 
@@ -58,8 +57,7 @@ class Account:
         return self.home if os.path.isdir(self.home) else "/"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """What the child process switches to before exec (``subprocess.Popen``'s
     ``user``, ``group`` and ``extra_groups``)."""
 
@@ -84,7 +82,7 @@ def resolve_account(user: str, group: str | None = None) -> Account:
         raise AccountError(f"user {show(user)}: cannot list its groups: "
                            f"{error.strerror or error}") from None
     return Account(name=entry.pw_name, uid=entry.pw_uid, gid=gid,
-                   groups=sorted(set(groups)), home=entry.pw_dir or "/",
+                   groups=tuple(sorted(set(groups))), home=entry.pw_dir or "/",
                    shell=entry.pw_shell or COMMAND_SHELL)
 
 
@@ -132,7 +130,7 @@ def run_as(user: str | None, group: str | None) -> tuple[Account | None, Credent
     account = resolve_account(user, group)
     if os.geteuid() != 0:
         return account, None  # its own account (check_can_switch said so)
-    return account, Credentials(account.uid, account.gid, tuple(account.groups))
+    return account, Credentials(account.uid, account.gid, account.groups)
 
 
 def _user_entry(user: str) -> pwd.struct_passwd:

@@ -18,9 +18,9 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
 
 ENTRY_POINT_GROUP = "taskd.task_types"
 #: ``{"name": "module:qualified.name", ...}`` (JSON): the registry a parent process found.
@@ -35,8 +35,13 @@ class TaskParamsError(ValueError):
     """A task's parameters are unusable; the message names the key and the expectation."""
 
 
-@dataclass(frozen=True)
-class RunContext:
+#: The empty mapping a record's mapping field defaults to (read-only: it is shared).
+NO_ENTRIES: Mapping[str, Any] = MappingProxyType({})
+
+
+# The records of this package are NamedTuples, not dataclasses: ``dataclasses`` imports
+# ``inspect`` (and ``ast``, ``dis``, ``tokenize``), ~1.3 MB in each worker's memory.
+class RunContext(NamedTuple):
     """What a task run knows about the execution it belongs to."""
 
     job_id: str
@@ -49,14 +54,13 @@ class RunContext:
     # stdin, a request's body); None for ordinary runs.
     payload: str | None = None
     # More TASKD_* variables for the task (a hook's TASKD_STATUS, ...).
-    variables: Mapping[str, str] = field(default_factory=dict)
+    variables: Mapping[str, str] = NO_ENTRIES
     user: str | None = None  # run as this account (a root daemon only)
     group: str | None = None
     env_file: str | None = None  # KEY=VALUE lines merged under the task's own env
 
 
-@dataclass(frozen=True)
-class TaskOutcome:
+class TaskOutcome(NamedTuple):
     """How one run ended. ``error`` is a short phrase when it did not succeed."""
 
     success: bool

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -542,8 +542,8 @@ class Coordinator:
                                   scheduled_for=scheduled_for.isoformat(), task_type="")
             error: str | None = "job not loaded on the claiming node"
         else:
-            execution = replace(self.dispatcher.execution_for(
-                Occurrence(state.spec, scheduled_for)), run_id=claim.run_id)
+            execution = self.dispatcher.execution_for(
+                Occurrence(state.spec, scheduled_for))._replace(run_id=claim.run_id)
             self.schedule.run_started(claim.job_id, claim.run_id)
             error = "shutdown" if self.stopping else None  # claimed as the stop began
         self._claimed.add(claim.run_id)
