@@ -6,13 +6,16 @@ import io
 import json
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pythonjsonlogger.json import JsonFormatter
 
-from supervisor.control.diagnostics import Diagnostics
+from supervisor.control import diagnostics
+from supervisor.control.diagnostics import _ENCODER, Diagnostics, _now_text, json_object
 from supervisor.control.json_line import one_line
 
 _TIME = re.compile(r'"time": "[^"]*"')
@@ -59,6 +62,36 @@ def test_lines_are_what_python_json_logger_wrote(event):
             "time": decoded["time"],
             **{k: v for k, v in event.items() if k not in ("event", "level")}}
     assert _TIME.sub("T", written) == _TIME.sub("T", reference_line(line))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=6))
+def test_a_line_joined_value_by_value_is_the_encoders_text(line):
+    assert json_object(line) == _ENCODER.encode(line)
+
+
+@pytest.mark.parametrize("ns", [1_764_892_799_999_999_999, 1_764_892_800_000_000_000,
+                                1_764_892_799_000_001_000, 1_764_892_800_999_999_000, 0])
+def test_the_time_of_a_line_is_its_instant_in_isoformat(ns, monkeypatch):
+    _now_text()  # some other second cached first
+    monkeypatch.setattr(diagnostics.time, "time_ns", lambda: ns)
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+    assert _now_text() == expected.isoformat(timespec="microseconds")
+
+
+def test_the_time_of_a_line_is_the_clocks():
+    for _ in range(200):
+        before = datetime.now(UTC)
+        text = _now_text()
+        after = datetime.now(UTC)
+        moment = datetime.fromisoformat(text)
+        assert text == moment.isoformat(timespec="microseconds")
+        assert before <= moment <= after
 
 
 def test_events_are_counted_by_name():

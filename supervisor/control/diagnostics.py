@@ -8,16 +8,21 @@ files emits 100,000 ``job_added`` lines, and a ``LogRecord`` and a formatter per
 cost five times the JSON itself. The lines are the ones python-json-logger's formatter
 wrote (its encoder, so values JSON has no type for are shown the same way). Inside
 ``batched()`` (a load, a rescan) lines go out a chunk at a time: 100,000 writes to a
-file took a fifth of a load's time.
+file took a fifth of a load's time. A line's text is joined here from its values' JSON
+(the encoder's for anything but a string) and its time from a clock read in
+nanoseconds: 1.5 µs a line instead of 3.4 (``datetime.now().isoformat()`` and one
+encoding of the whole line), a tenth of a second in a 100,000-job load.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonEncoder
@@ -38,11 +43,10 @@ class Diagnostics:
 
     def emit(self, event: dict[str, Any]) -> None:
         name = event.get("event", "unknown")
-        line = {"event": name, "level": event.get("level", "info"),
-                "time": datetime.now(UTC).isoformat(timespec="microseconds")}
+        line = {"event": name, "level": event.get("level", "info"), "time": _now_text()}
         line.update(event)  # "event" and "level" keep their places, with these values
         self.counts[name] = self.counts.get(name, 0) + 1
-        text = one_line(_ENCODER.encode(line)) + "\n"
+        text = one_line(json_object(line)) + "\n"
         with self._lock:
             if self._batch is None:
                 self._write(text)
@@ -83,3 +87,39 @@ class Diagnostics:
             # stderr closed or gone (EPIPE): the daemon goes on without its
             # diagnostics, as it did when logging's handler swallowed the error.
             pass
+
+
+_KEY_TEXTS: dict[str, str] = {}  # a key -> its JSON and the separator after it
+
+
+def json_object(line: dict[str, Any]) -> str:
+    """``_ENCODER.encode(line)``, the same text, with each string value encoded alone."""
+    parts = []
+    for key, value in line.items():
+        key_text = _KEY_TEXTS.get(key)
+        if key_text is None:
+            key_text = _KEY_TEXTS.setdefault(key, _ENCODER.encode(key) + _ENCODER.key_separator)
+        parts.append(key_text + (encode_basestring(value) if type(value) is str
+                                 else _ENCODER.encode(value)))
+    return "{" + _ENCODER.item_separator.join(parts) + "}"
+
+
+class _Second:
+    """The current UTC second, spelt out once for all the lines within it."""
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+_second = _Second(0)
+
+
+def _now_text() -> str:
+    """``datetime.now(UTC).isoformat(timespec="microseconds")``, at a third of its cost."""
+    global _second
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    current = _second  # one read: another thread may replace it meanwhile
+    if current.second != second:
+        current = _second = _Second(second)
+    return f"{current.text}.{micros:06d}+00:00"
