@@ -205,6 +205,23 @@ def test_specs_are_written_on_change_only(cluster):
     assert rows(node.db, "SELECT job_id FROM taskd_node_jobs") == [("only",)]
 
 
+def test_a_first_publish_copies_every_version_and_its_limits_as_given(cluster):
+    """A node's first publish is a COPY, a later one an upsert from JSON: the same rows."""
+    odd = "a\tgroup\\with \"odd\"\ncharacters, é"  # COPY's own escapes must not show
+    versions = {"plain": JobVersion("h1"), "limited": JobVersion("h2", 3, False, odd),
+                "replacing": JobVersion("h3", 1, True)}
+    first, later = Node(cluster(), []), Node(cluster(), [])
+    first.specs = SpecHashes(first.db)  # nothing published by this object yet
+    first.specs.publish(first.id, versions)
+    later.specs.publish(later.id, versions)  # after its empty first publish
+    query = ("SELECT job_id, spec_hash, run_limit, replace, concurrency_group "
+             "FROM taskd_node_jobs WHERE node_id = %s ORDER BY job_id")
+    expected = [("limited", "h2", 3, False, odd), ("plain", "h1", None, False, None),
+                ("replacing", "h3", 1, True, None)]
+    assert rows(first.db, query, (first.id,)) == expected
+    assert rows(later.db, query, (later.id,)) == expected
+
+
 def test_conflicts_are_jobs_whose_version_differs_between_live_nodes(cluster):
     a, b = Node(cluster(), ["same", "edited"]), Node(cluster(), ["same", "edited"])
     dying = Node(cluster(), [], lease_s=SHORT_LEASE_S)

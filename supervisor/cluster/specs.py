@@ -21,17 +21,17 @@ from supervisor.cluster.database import ClusterDatabase
 from supervisor.jobfiles.jobspec import JobSpec
 from supervisor.timing.schedule import run_limit
 
-# The versions travel as one JSON text, [[job_id, hash], [job_id, hash, run_limit, replace,
-# group], ...] (limits only where a job has them): psycopg builds five arrays of 100,000
-# elements at four times the CPU json.dumps takes for this one text.
-_INSERT = """
-INSERT INTO taskd_node_jobs (node_id, job_id, spec_hash, run_limit, replace,
-                             concurrency_group)
+_COLUMNS = "(node_id, job_id, spec_hash, run_limit, replace, concurrency_group)"
+# A node's first publish (every job it has) is a COPY: 100,000 rows took the server 0.26 s
+# of CPU, against 0.41 s inserted from one JSON text.
+_COPY = f"COPY taskd_node_jobs {_COLUMNS} FROM STDIN"
+# After it, only the changed versions, as one JSON text, [[job_id, hash], [job_id, hash,
+# run_limit, replace, group], ...] (limits only where a job has them): psycopg builds
+# five arrays at four times the CPU json.dumps takes for this one text.
+_UPSERT = f"""
+INSERT INTO taskd_node_jobs {_COLUMNS}
 SELECT %(node_id)s, v->>0, v->>1, (v->>2)::integer, coalesce((v->>3)::boolean, false), v->>4
 FROM json_array_elements(%(versions)s::json) AS v
-"""
-# After a first publish, which replaced the node's rows: only the changed ones.
-_UPSERT = _INSERT + """
 ON CONFLICT (node_id, job_id) DO UPDATE
 SET spec_hash = excluded.spec_hash, run_limit = excluded.run_limit,
     replace = excluded.replace, concurrency_group = excluded.concurrency_group
@@ -102,22 +102,32 @@ class SpecHashes:
             digest ^= _job_digest(job_id, before[job_id])
         for job_id, version in changed.items():
             digest ^= _job_digest(job_id, version)
-        versions = {"node_id": node_id, "versions": json.dumps(
-            [[job_id, v.spec_hash] if not (v.limited or v.replace) else [job_id, *v]
-             for job_id, v in changed.items()], separators=(",", ":"))}
-        with self.db.batch() as db:
-            if removed is None:  # a plain insert: no conflict is possible after this
-                db.execute(_REMOVE_ALL, {"node_id": node_id})
-                db.execute(_INSERT, versions)
-            else:
+        if removed is None:
+            self._replace_all(node_id, changed, digest)
+        else:
+            versions = {"node_id": node_id, "versions": json.dumps(
+                [[job_id, v.spec_hash] if not (v.limited or v.replace) else [job_id, *v]
+                 for job_id, v in changed.items()], separators=(",", ":"))}
+            with self.db.batch() as db:
                 if removed:
                     db.execute(_REMOVE, {"node_id": node_id, "job_ids": removed})
                 if changed:
                     db.execute(_UPSERT, versions)
-            db.execute(_SET_DIGEST, {"digest": digest, "node_id": node_id})
+                db.execute(_SET_DIGEST, {"digest": digest, "node_id": node_id})
         self._published[node_id] = hashes
         self._digests[node_id] = digest
         return len(changed) + len(removed or ())
+
+    def _replace_all(self, node_id: str, versions: dict[str, JobVersion], digest: int) -> None:
+        """Whatever the table holds of ``node_id`` becomes ``versions``, in one
+        transaction (COPY cannot be pipelined: a few round trips, once per node)."""
+        with self.db.transaction() as db:
+            db.execute(_REMOVE_ALL, {"node_id": node_id})
+            with db.cursor().copy(_COPY) as copy:
+                for job_id, v in versions.items():
+                    copy.write_row((node_id, job_id, v.spec_hash, v.run_limit, v.replace,
+                                    v.concurrency_group))
+            db.execute(_SET_DIGEST, {"digest": digest, "node_id": node_id})
 
     def conflicts(self) -> list[dict[str, Any]]:
         """``[{"job_id", "hashes": {node_id: hash}}]`` for each job whose version
