@@ -43,7 +43,7 @@ def is_unicode(text: str) -> bool:
 
 def check_task_keys(params: Any, known: Iterable[str]) -> None:
     """A task object must be an object of known keys (``_``-keys are comments)."""
-    if not isinstance(params, Mapping):
+    if type(params) is not dict and not isinstance(params, Mapping):  # (dict: no ABC check)
         raise TaskParamsError(f"must be an object, got {show(params)}")
     known = set(known)
     for key in params:

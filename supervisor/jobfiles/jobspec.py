@@ -59,6 +59,7 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KNOWN_KEYS = ("job_id", "description", "schedule", "timezone", "task", "timeout_s",
               "overlap", "enabled", "catch_up", "max_catch_up", "starting_deadline_s",
               *POLICY_KEYS)
+_KNOWN_KEY_SET, _POLICY_KEY_SET = frozenset(KNOWN_KEYS), frozenset(POLICY_KEYS)
 OVERLAP_POLICIES = ("allow", "skip", "replace")
 CATCH_UP_POLICIES = ("none", "latest", "all")
 DEFAULT_MAX_CATCH_UP = 100
@@ -186,7 +187,7 @@ def parse_job(data: bytes, file: str, *, default_zone: str, versioned: bool = Fa
         raise JobFileError(file, f"not UTF-8 text (invalid byte at offset {error.start})") from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (RFC 8259: may be ignored)
     try:
-        document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        document = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise JobFileError(file, f"not valid JSON: {error.msg} (line {error.lineno}, "
                                  f"column {error.colno})") from None
@@ -217,7 +218,7 @@ def job_from_document(document: Any, file: str, *, default_zone: str,
         raise JobFileError(file, f"expected a JSON object at the top level, got "
                                  f"{_json_type(document)}")
     for key in document:
-        if key not in KNOWN_KEYS and not key.startswith("_"):
+        if key not in _KNOWN_KEY_SET and not key.startswith("_"):
             raise JobFileError(file, _unknown_key_message(key, KNOWN_KEYS))
     for key in ("job_id", "schedule", "task"):
         if key not in document:
@@ -275,7 +276,7 @@ def job_from_document(document: Any, file: str, *, default_zone: str,
 
 def _policy(document: dict, file: str) -> JobPolicy:
     """The policy keys (NO_POLICY when the file sets none of them)."""
-    if not any(key in document for key in POLICY_KEYS):
+    if _POLICY_KEY_SET.isdisjoint(document):
         return NO_POLICY
     hooks = tuple(HookTask(name, *_task(document[name], file, key=name))
                   for name in HOOK_KEYS if name in document)
@@ -415,16 +416,23 @@ class _BadDocument(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _BadDocument(f"duplicate key {show(key)}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadDocument(f"duplicate key {show(key)}")
+            seen.add(key)
     return result
 
 
 def _no_constant(name: str) -> None:
     raise _BadDocument(f"{name} is not a number JSON allows")
+
+
+# One decoder for every file: json.loads with these hooks builds a new one per call,
+# which took as long as decoding a small job file.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 
 
 def _json_type(value: Any) -> str:
@@ -443,7 +451,7 @@ def hook_from_option(text: str, option: str = "--on-failure") -> HookTask:
     or else a shell command for ``execute_command``. JobFileError names the option."""
     if text.lstrip().startswith("{"):
         try:
-            task = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+            task = _DECODER.decode(text)
         except (json.JSONDecodeError, _BadDocument) as error:
             raise JobFileError(option, f"not a valid JSON task object: {error}") from None
     else:
