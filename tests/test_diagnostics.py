@@ -17,6 +17,7 @@ from pythonjsonlogger.json import JsonFormatter
 from supervisor.control import diagnostics
 from supervisor.control.diagnostics import _ENCODER, Diagnostics, _now_text, json_object
 from supervisor.control.json_line import one_line
+from tests.test_task_params import JSON_VALUES
 
 _TIME = re.compile(r'"time": "[^"]*"')
 
@@ -64,13 +65,7 @@ def test_lines_are_what_python_json_logger_wrote(event):
     assert _TIME.sub("T", written) == _TIME.sub("T", reference_line(line))
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=8)
-
-
-@given(st.dictionaries(st.text(), json_values, max_size=6))
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=6))
 def test_a_line_joined_value_by_value_is_the_encoders_text(line):
     assert json_object(line) == _ENCODER.encode(line)
 

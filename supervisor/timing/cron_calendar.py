@@ -15,13 +15,16 @@ from datetime import datetime
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError
 
-from supervisor.timing.cron_expr import CronExpr
+from supervisor.timing.cron_expr import DAY_OF_MONTH, HOUR, MINUTE, MONTH, CronExpr
 
 # Farthest a valid expression can be from its next match: Feb 29 on a given weekday
 # recurs within 28 years (plus a skipped century leap day).
 _MAX_YEARS_BETWEEN_MATCHES = 50
-_SIXTY, _HOURS = tuple(range(60)), tuple(range(24))
-_DAYS, _MONTHS, _WEEKDAYS = tuple(range(1, 32)), tuple(range(1, 13)), tuple(range(7))
+# Each field's whole range, as cron_expr lists it (seconds share the minutes' 0-59; a
+# weekday 7 is read as Sunday, 0).
+_SIXTY, _HOURS, _DAYS, _MONTHS = (tuple(range(f.low, f.high + 1))
+                                  for f in (MINUTE, HOUR, DAY_OF_MONTH, MONTH))
+_WEEKDAYS = tuple(range(7))
 
 
 class WallCalendar:
