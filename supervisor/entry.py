@@ -3,7 +3,7 @@
 Every child of the fork server (each worker, the logger) re-runs the script the daemon
 was started from, as ``__mp_main__`` (multiprocessing's spawn preparation). The
 ``taskd`` script imports this module, so whatever it imported at the top — the command
-line, click, the client commands — would be in every worker's memory (~1.7 MB each).
+line, click, the client commands — would be in every worker's memory.
 """
 
 from __future__ import annotations

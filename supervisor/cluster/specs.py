@@ -6,8 +6,8 @@ file's bytes), with the limits that version sets (``JobVersion``: the claims hol
 cluster-wide): claims only take jobs the claimer has published, and ``conflicts`` lists
 the jobs whose hash differs between live nodes (for ``taskd status``). Publishing
 writes only what changed since this object last published for that node (nothing at all
-for a heartbeat, or a reload that changed nothing), in one round trip, so 100,000 jobs
-cost one bulk write at join and a row per edited job after.
+for a heartbeat, or a reload that changed nothing), so 100,000 jobs cost one COPY at
+join and, in one round trip, a row per edited job after.
 """
 
 from __future__ import annotations

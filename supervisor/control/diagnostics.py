@@ -11,7 +11,7 @@ wrote (its encoder, so values JSON has no type for are shown the same way). Insi
 file took a fifth of a load's time. A line's text is joined here from its values' JSON
 (the encoder's for anything but a string) and its time from a clock read in
 nanoseconds: 1.5 µs a line instead of 3.4 (``datetime.now().isoformat()`` and one
-encoding of the whole line), a tenth of a second in a 100,000-job load.
+encoding of the whole line), 0.18 s of a 100,000-job load.
 """
 
 from __future__ import annotations
